@@ -1,0 +1,175 @@
+"""The recorded-event envelope and its CloudEvents 1.0 binding (Kafka binary mode, JSON).
+
+A `RecordedEvent` is what the store hands back: the domain payload plus the
+CloudEvents attributes and extensions of DESIGN.md §2. The `cloudevents` SDK does
+the Kafka binary-mode encoding so that any CloudEvents reader parses our records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from events.catalog import DomainEvent, parse_event
+
+SEQUENCE_WIDTH = 20
+DATACONTENTTYPE = "application/json"
+_FORMAT = JSONFormat()
+
+
+@dataclass(frozen=True, slots=True)
+class EventMetadata:
+    """Who and what caused an append: carried into every event's envelope."""
+
+    actor: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One event as stored: payload, position and CloudEvents attributes."""
+
+    position: int
+    event_id: str
+    source: str
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    partition_key: str
+    occurred_at: datetime
+    recorded_at: datetime
+    traceparent: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    actor: str | None = None
+    _domain: list[DomainEvent] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def partner_id(self) -> str | None:
+        """The partner this event belongs to, if any."""
+        value = self.data.get("partner_id")
+        return str(value) if value else None
+
+    def domain(self) -> DomainEvent:
+        """The payload as its current catalog model (upcast when stored at an older version)."""
+        if not self._domain:
+            self._domain.append(parse_event(self.type, self.schema_version, self.data))
+        return self._domain[0]
+
+    def to_cloudevent(self) -> CloudEvent:
+        """The CloudEvents 1.0 form of this event."""
+        attributes: dict[str, Any] = {
+            "id": self.event_id,
+            "source": f"/{self.source}",
+            "type": self.type,
+            "specversion": "1.0",
+            "subject": self.stream_id,
+            "time": self.occurred_at,
+            "datacontenttype": DATACONTENTTYPE,
+            "dataschema": f"urn:partnerhub:{self.type}:v{self.schema_version}",
+            "partitionkey": self.partition_key,
+            "sequence": str(self.position).zfill(SEQUENCE_WIDTH),
+            "streamid": self.stream_id,
+            "streamversion": str(self.stream_version),
+            "recordedtime": self.recorded_at.isoformat(),
+        }
+        for name, value in (
+            ("traceparent", self.traceparent),
+            ("correlationid", self.correlation_id),
+            ("causationid", self.causation_id),
+            ("actor", self.actor),
+        ):
+            if value:
+                attributes[name] = value
+        return CloudEvent(attributes=attributes, data=self.data)
+
+    def to_json(self) -> dict[str, Any]:
+        """The envelope in CloudEvents JSON (structured) shape, for the log API and dead letters."""
+        body: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.event_id,
+            "source": f"/{self.source}",
+            "type": self.type,
+            "subject": self.stream_id,
+            "time": self.occurred_at.isoformat(),
+            "datacontenttype": DATACONTENTTYPE,
+            "dataschema": f"urn:partnerhub:{self.type}:v{self.schema_version}",
+            "partitionkey": self.partition_key,
+            "sequence": str(self.position).zfill(SEQUENCE_WIDTH),
+            "streamid": self.stream_id,
+            "streamversion": str(self.stream_version),
+            "recordedtime": self.recorded_at.isoformat(),
+            "data": self.data,
+        }
+        for name, value in (
+            ("traceparent", self.traceparent),
+            ("correlationid", self.correlation_id),
+            ("causationid", self.causation_id),
+            ("actor", self.actor),
+        ):
+            if value:
+                body[name] = value
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RecordedEvent:
+        """Inverse of `to_json` (log API catch-up, dead-letter replay)."""
+        return cls._from_attributes(body, body.get("data") or {})
+
+    @classmethod
+    def _from_attributes(cls, attrs: dict[str, Any], data: dict[str, Any]) -> RecordedEvent:
+        schema = str(attrs.get("dataschema") or "")
+        schema_version = int(schema.rsplit(":v", 1)[1]) if ":v" in schema else 1
+        return cls(
+            position=int(attrs["sequence"]),
+            event_id=str(attrs["id"]),
+            source=str(attrs["source"]).lstrip("/"),
+            stream_id=str(attrs.get("streamid") or attrs.get("subject")),
+            stream_version=int(attrs["streamversion"]),
+            type=str(attrs["type"]),
+            schema_version=schema_version,
+            data=data,
+            partition_key=str(attrs.get("partitionkey") or ""),
+            occurred_at=_as_datetime(attrs["time"]),
+            recorded_at=_as_datetime(attrs.get("recordedtime") or attrs["time"]),
+            traceparent=attrs.get("traceparent"),
+            correlation_id=attrs.get("correlationid"),
+            causation_id=attrs.get("causationid"),
+            actor=attrs.get("actor"),
+        )
+
+    def to_kafka(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) of the Kafka record in CloudEvents binary mode."""
+        message = ce_kafka.to_binary(self.to_cloudevent(), _FORMAT)
+        key = message.key if isinstance(message.key, bytes) else str(message.key).encode()
+        return key, bytes(message.value or b""), list(message.headers.items())
+
+    @classmethod
+    def from_kafka(
+        cls, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
+    ) -> RecordedEvent:
+        """Parse a Kafka record written by `to_kafka` (CloudEvents binary mode)."""
+        message = ce_kafka.KafkaMessage(headers=dict(headers), key=key, value=value or b"")
+        event = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
+        attrs = dict(event.get_attributes())
+        data = event.get_data()
+        if isinstance(data, bytes | str):
+            data = orjson.loads(data)
+        return cls._from_attributes(attrs, dict(data or {}))
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

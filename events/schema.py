@@ -1,0 +1,122 @@
+"""Tables of the event store and of subscription bookkeeping (shared by every service's database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+store_metadata = MetaData()
+
+events_table = Table(
+    "events",
+    store_metadata,
+    # Assigned by the store under its append lock: gap-free, commit order = position order.
+    Column("position", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("stream_id", String(200), nullable=False),
+    Column("stream_version", Integer, nullable=False),
+    Column("type", String(100), nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("partition_key", String(200), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("traceparent", String(64)),
+    Column("correlation_id", String(64)),
+    Column("causation_id", String(64)),
+    Column("actor", String(200)),
+    UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
+)
+Index("ix_events_partition_key", events_table.c.partition_key, events_table.c.position)
+
+relay_cursors = Table(
+    "relay_cursors",
+    store_metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+checkpoints = Table(
+    "subscription_checkpoints",
+    store_metadata,
+    Column("subscription", String(100), primary_key=True),
+    Column("source", String(100), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    store_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subscription", String(100), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("partner_id", String(200)),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("envelope", JSON, nullable=False),
+    Column("parked_at", UTCDateTime, nullable=False),
+    Column("replayed_at", UTCDateTime),
+    UniqueConstraint("subscription", "event_id", name="uq_dead_letters_event"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    store_metadata,
+    Column("client_id", String(200), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("method", String(10), nullable=False),
+    Column("path", String(2000), nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("status", Integer),
+    Column("headers", JSON),
+    Column("body", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+)

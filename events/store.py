@@ -1,0 +1,389 @@
+"""The append-only event store (SQLAlchemy 2 async; PostgreSQL or SQLite).
+
+Guarantees:
+- `position` is global, gap-free and equal to commit order: appends are serialised
+  (PostgreSQL: a transaction-scoped advisory lock taken just before reading the head;
+  SQLite: a single writer), so a reader tailing by position never skips a row that
+  commits late.
+- `UNIQUE(stream_id, stream_version)` and `UNIQUE(event_id)`; `append` checks the
+  caller's expected version and raises `ConcurrencyError` on mismatch.
+- A command's state changes (`effects`) commit in the same transaction as its events.
+- Group commit: concurrent appends share one transaction; each one's expected version
+  is still checked on its own, and a conflict fails only its own command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from events.catalog import DomainEvent, event_class
+from events.envelope import EventMetadata, RecordedEvent
+from events.schema import events_table
+
+ANY_VERSION: int | None = None
+NO_STREAM = 0
+# Arbitrary constant naming the append lock among PostgreSQL advisory locks.
+_PG_APPEND_LOCK = 0x7061_7274_6E65  # "partne"
+
+Effects = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class ConcurrencyError(StoreError):
+    """The stream moved on since the caller read it."""
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int) -> None:
+        super().__init__(f"stream {stream_id!r} is at version {actual}, expected {expected}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidEvent(StoreError):
+    """An event does not match its catalog schema; nothing was appended."""
+
+
+class DuplicateEvent(StoreError):
+    """An event id was already stored; nothing was appended."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended, with an optional explicit id and time."""
+
+    event: DomainEvent
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Append:
+    stream_id: str
+    expected_version: int | None
+    events: list[NewEvent]
+    metadata: EventMetadata
+    effects: Effects | None
+    future: asyncio.Future[list[RecordedEvent]]
+
+
+class EventStore:
+    """Append to and read from one service's event store."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        source: str,
+        now: Callable[[], datetime],
+        group_commit: bool = True,
+        max_batch: int = 512,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self._now = now
+        self._group_commit = group_commit
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Append] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._is_postgres = engine.dialect.name == "postgresql"
+        self._appended = asyncio.Event()
+        self._serial = asyncio.Lock()
+
+    # --- appending ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        *,
+        stream_id: str,
+        expected_version: int | None,
+        events: Sequence[DomainEvent | NewEvent],
+        metadata: EventMetadata | None = None,
+        effects: Effects | None = None,
+    ) -> list[RecordedEvent]:
+        """Append `events` to `stream_id` if it is at `expected_version` (None: any).
+
+        `effects` runs in the same transaction after the events are inserted (for
+        read models kept in step with the stream); if it raises, nothing is written.
+        Raises `ConcurrencyError`, `InvalidEvent` or `DuplicateEvent`.
+        """
+        if not events:
+            raise InvalidEvent("append needs at least one event")
+        if expected_version is not None and expected_version < 0:
+            raise InvalidEvent("expected_version must be >= 0")
+        prepared = [_validated(e if isinstance(e, NewEvent) else NewEvent(e)) for e in events]
+        future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        request = _Append(stream_id, expected_version, prepared, metadata or EventMetadata(), effects, future)
+        if not self._group_commit:
+            async with self._serial:
+                await self._commit_batch([request])
+            return future.result()
+        self._ensure_writer()
+        assert self._queue is not None
+        await self._queue.put(request)
+        return await future
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._queue = asyncio.Queue()
+            self._writer = asyncio.create_task(self._write_loop(), name=f"event-store-writer:{self.source}")
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - a failed batch must fail its callers, not the writer
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+
+    async def _commit_batch(self, batch: list[_Append]) -> None:
+        try:
+            results = await self._commit_together(batch)
+        except (IntegrityError, _EffectsFailed, StoreError):
+            # One bad command must not sink the others: commit each alone.
+            for request in batch:
+                try:
+                    done = await self._commit_together([request])
+                except _EffectsFailed as exc:
+                    request.future.set_exception(exc.original)
+                except IntegrityError as exc:
+                    request.future.set_exception(_integrity_error(request, exc))
+                except StoreError as exc:
+                    request.future.set_exception(exc)
+                else:
+                    _resolve(done)
+            self._appended.set()
+            return
+        _resolve(results)
+        self._appended.set()
+
+    async def _commit_together(
+        self, batch: list[_Append]
+    ) -> list[tuple[_Append, list[RecordedEvent] | StoreError]]:
+        results: list[tuple[_Append, list[RecordedEvent] | StoreError]] = []
+        async with self.engine.begin() as conn:
+            if self._is_postgres:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
+            head = (await conn.execute(select(func.coalesce(func.max(events_table.c.position), 0)))).scalar_one()
+            stream_ids = sorted({r.stream_id for r in batch})
+            versions: dict[str, int] = dict.fromkeys(stream_ids, 0)
+            rows_q = (
+                select(events_table.c.stream_id, func.max(events_table.c.stream_version))
+                .where(events_table.c.stream_id.in_(stream_ids))
+                .group_by(events_table.c.stream_id)
+            )
+            for sid, version in (await conn.execute(rows_q)).all():
+                versions[sid] = int(version)
+
+            recorded_at = self._now()
+            rows: list[dict[str, Any]] = []
+            accepted: list[tuple[_Append, list[RecordedEvent]]] = []
+            for request in batch:
+                current = versions[request.stream_id]
+                if request.expected_version is not None and request.expected_version != current:
+                    results.append(
+                        (request, ConcurrencyError(request.stream_id, request.expected_version, current))
+                    )
+                    continue
+                recorded: list[RecordedEvent] = []
+                for new in request.events:
+                    head += 1
+                    current += 1
+                    record = self._record(new, request, position=head, version=current, recorded_at=recorded_at)
+                    recorded.append(record)
+                    rows.append(_row(record))
+                versions[request.stream_id] = current
+                accepted.append((request, recorded))
+            if rows:
+                await conn.execute(insert(events_table), rows)
+            for request, recorded in accepted:
+                if request.effects is not None:
+                    try:
+                        await request.effects(conn, recorded)
+                    except Exception as exc:
+                        raise _EffectsFailed(exc) from exc
+                results.append((request, recorded))
+        return results
+
+    def _record(
+        self, new: NewEvent, request: _Append, *, position: int, version: int, recorded_at: datetime
+    ) -> RecordedEvent:
+        event = new.event
+        occurred_at = new.occurred_at or recorded_at
+        partner_id = getattr(event, "partner_id", None)
+        meta = request.metadata
+        return RecordedEvent(
+            position=position,
+            event_id=new.event_id,
+            source=self.source,
+            stream_id=request.stream_id,
+            stream_version=version,
+            type=event.type,
+            schema_version=event.schema_version,
+            data=event.payload(),
+            partition_key=str(partner_id or request.stream_id),
+            occurred_at=occurred_at,
+            recorded_at=recorded_at,
+            traceparent=meta.traceparent,
+            correlation_id=meta.correlation_id,
+            causation_id=meta.causation_id,
+            actor=meta.actor,
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of one stream in version order."""
+        query = (
+            select(events_table)
+            .where(events_table.c.stream_id == stream_id, events_table.c.stream_version > after_version)
+            .order_by(events_table.c.stream_version)
+        )
+        async with self.engine.connect() as conn:
+            return [self._from_row(row._mapping) for row in (await conn.execute(query)).all()]
+
+    async def read_all(self, *, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Events after `after` in position order, at most `limit`."""
+        query = (
+            select(events_table)
+            .where(events_table.c.position > after)
+            .order_by(events_table.c.position)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [self._from_row(row._mapping) for row in (await conn.execute(query)).all()]
+
+    async def head_position(self) -> int:
+        """The newest position (0 when empty)."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(select(func.coalesce(func.max(events_table.c.position), 0)))).scalar_one()
+        return int(value)
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 when it does not exist)."""
+        query = select(func.coalesce(func.max(events_table.c.stream_version), 0)).where(
+            events_table.c.stream_id == stream_id
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def wait_for_append(self, timeout: float) -> None:
+        """Return when this process appended something, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._appended.wait(), timeout)
+        self._appended.clear()
+
+    async def close(self) -> None:
+        """Stop the group-commit writer (pending appends are finished first)."""
+        if self._writer is not None:
+            assert self._queue is not None
+            while not self._queue.empty():
+                await asyncio.sleep(0.005)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    def _from_row(self, row: Any) -> RecordedEvent:
+        return RecordedEvent(
+            position=int(row["position"]),
+            event_id=row["event_id"],
+            source=self.source,
+            stream_id=row["stream_id"],
+            stream_version=int(row["stream_version"]),
+            type=row["type"],
+            schema_version=int(row["schema_version"]),
+            data=row["data"],
+            partition_key=row["partition_key"],
+            occurred_at=row["occurred_at"],
+            recorded_at=row["recorded_at"],
+            traceparent=row["traceparent"],
+            correlation_id=row["correlation_id"],
+            causation_id=row["causation_id"],
+            actor=row["actor"],
+        )
+
+
+class _EffectsFailed(Exception):
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _validated(new: NewEvent) -> NewEvent:
+    event = new.event
+    try:
+        cls = event_class(event.type)
+        if type(event) is not cls:
+            raise InvalidEvent(f"{type(event).__name__} is not the catalog model of {event.type}")
+        cls.model_validate(event.model_dump())
+    except ValidationError as exc:
+        raise InvalidEvent(f"{event.type} does not match its schema: {exc.errors(include_url=False)}") from exc
+    except LookupError as exc:
+        raise InvalidEvent(f"unknown event type {event.type!r}") from exc
+    if new.occurred_at is not None and new.occurred_at.tzinfo is None:
+        raise InvalidEvent("occurred_at must be timezone-aware")
+    try:
+        uuid.UUID(new.event_id)
+    except ValueError as exc:
+        raise InvalidEvent(f"event id {new.event_id!r} is not a UUID") from exc
+    return new
+
+
+def _row(record: RecordedEvent) -> dict[str, Any]:
+    return {
+        "position": record.position,
+        "event_id": record.event_id,
+        "stream_id": record.stream_id,
+        "stream_version": record.stream_version,
+        "type": record.type,
+        "schema_version": record.schema_version,
+        "data": record.data,
+        "partition_key": record.partition_key,
+        "occurred_at": record.occurred_at,
+        "recorded_at": record.recorded_at,
+        "traceparent": record.traceparent,
+        "correlation_id": record.correlation_id,
+        "causation_id": record.causation_id,
+        "actor": record.actor,
+    }
+
+
+def _resolve(results: list[tuple[_Append, list[RecordedEvent] | StoreError]]) -> None:
+    for request, outcome in results:
+        if request.future.done():
+            continue
+        if isinstance(outcome, StoreError):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
+
+def _integrity_error(request: _Append, exc: IntegrityError) -> StoreError:
+    message = str(exc.orig).lower()
+    if "event_id" in message:
+        return DuplicateEvent(f"an event id of this append to {request.stream_id!r} is already stored")
+    # Another process appended to the stream between our read and our insert.
+    return ConcurrencyError(request.stream_id, request.expected_version, -1)

@@ -1,0 +1,1 @@
+"""partnerhub services: gateway, onboarding, lifecycle, metrics, and their shared runtime."""

@@ -1,0 +1,1 @@
+"""Shared plumbing every partnerhub service is built from (written once, reused)."""
