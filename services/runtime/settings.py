@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     access_token_ttl: int = 3600
     jwks_refetch_interval: float = 10.0
     secret_pepper: str | None = None
-    admin_bootstrap_token: str | None = None
+    # The service-to-service client (scope events:read) consumers use for log-API catch-up.
+    internal_client_id: str | None = None
+    internal_client_secret: str | None = None
 
     # Gateway proxy.
     rate_limits: dict[str, dict[str, float]] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))

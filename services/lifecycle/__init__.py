@@ -1,0 +1,1 @@
+"""partnerhub lifecycle service."""

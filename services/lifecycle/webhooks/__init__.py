@@ -1,0 +1,1 @@
+"""Standard Webhooks: partners' endpoints, the dispatcher and isolated delivery workers."""

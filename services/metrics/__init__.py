@@ -1,0 +1,1 @@
+"""partnerhub metrics service."""

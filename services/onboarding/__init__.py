@@ -1,0 +1,1 @@
+"""partnerhub onboarding service."""

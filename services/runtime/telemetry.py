@@ -1,0 +1,157 @@
+"""OpenTelemetry for every process: traces (JSON lines, console or OTLP) and JSON logs.
+
+Resource `service.name=partnerhub-<service>`; W3C trace context over HTTP and in
+Kafka headers (`ce_traceparent`), so one trace runs gateway → service → store →
+relay → Kafka → projection / webhook delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from services.runtime.settings import Settings
+
+_configured: set[str] = set()
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans, one JSON object a line, to a file (read by `partnerhub traces`)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = [json.dumps(span_to_dict(span), separators=(",", ":")) for span in spans]
+        with self._lock, self._path.open("a", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    """A compact JSON form of a finished span."""
+    ctx = span.get_span_context()
+    assert ctx is not None
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in (span.attributes or {}).items()},
+        "links": [
+            {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
+            for link in span.links
+        ],
+    }
+
+
+def setup_telemetry(service: str, settings: Settings) -> TracerProvider | None:
+    """Install the tracer provider and JSON logging for this process (once per process)."""
+    setup_logging(service, settings.log_level)
+    if service in _configured or os.environ.get("PARTNERHUB_TRACING") == "off":
+        return None
+    _configured.add(service)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"partnerhub-{service}"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(JsonLinesSpanExporter(settings.traces_path / f"{service}.jsonl"), schedule_delay_millis=500)
+    )
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if settings.trace_console:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
+    return provider
+
+
+def instrument_app(app: Any, engine: Any) -> None:
+    """Instrument a FastAPI app and its SQLAlchemy engine."""
+    if os.environ.get("PARTNERHUB_TRACING") == "off":
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, if one is recording."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with the current trace and span ids."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        ctx = trace.get_current_span().get_span_context()
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if ctx.is_valid:
+            doc["trace_id"] = format(ctx.trace_id, "032x")
+            doc["span_id"] = format(ctx.span_id, "016x")
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        for key in ("partner_id", "event_id", "subscription", "position"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """JSON-lines logs on stderr."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    logging.Formatter.converter = __import__("time").gmtime
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
