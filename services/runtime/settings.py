@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ServiceName = Literal["gateway", "onboarding", "lifecycle", "metrics"]
 SERVICES: tuple[ServiceName, ...] = ("gateway", "onboarding", "lifecycle", "metrics")
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     internal_client_secret: str | None = None
 
     # Gateway proxy.
-    rate_limits: dict[str, dict[str, float]] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    rate_limits: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     redis_url: str | None = None
     max_body_bytes: int = 1_048_576
     upstream_connect_timeout: float = 2.0
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     traffic_window_seconds: int = 60
 
     # Webhooks and probes.
-    webhook_allow_nets: list[str] = Field(default_factory=list)
+    webhook_allow_nets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_attempt_timeout: float = 15.0
     probe_interval: float = 30.0
     probe_timeout: float = 5.0
