@@ -21,6 +21,7 @@ console = Console()
 def register(app: typer.Typer) -> None:
     """Add the platform commands to the CLI."""
     app.command()(up)
+    app.command()(traces)
 
 
 def up(
@@ -91,3 +92,26 @@ def _print_welcome(platform: Platform) -> None:
         "Ctrl-C stops everything.",
     ]
     console.print(Panel("\n".join(lines), title="partnerhub is up", expand=False))
+
+
+def traces(
+    last: int = typer.Option(5, "--last", help="show the N most recent traces"),
+    trace_id: str | None = typer.Option(None, "--trace-id", help="show one trace"),
+) -> None:
+    """Print recorded traces (spans under var/traces/) as trees with durations."""
+    from services import traces as spans_io
+
+    settings = Settings()
+    grouped = spans_io.group_traces(spans_io.load_spans(settings.traces_path))
+    if not grouped:
+        console.print(f"no spans recorded under {settings.traces_path}")
+        raise typer.Exit(1)
+    if trace_id is not None:
+        if trace_id not in grouped:
+            console.print(f"[red]no trace {trace_id}")
+            raise typer.Exit(1)
+        chosen = [trace_id]
+    else:
+        chosen = spans_io.latest(grouped, last)
+    for tid in chosen:
+        console.print(spans_io.render(tid, grouped[tid]))
