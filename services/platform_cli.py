@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     """Add the platform commands to the CLI."""
     app.command()(up)
     app.command()(traces)
+    app.command()(demo)
 
 
 def up(
@@ -115,3 +116,23 @@ def traces(
         chosen = spans_io.latest(grouped, last)
     for tid in chosen:
         console.print(spans_io.render(tid, grouped[tid]))
+
+
+def demo(
+    gateway: str | None = typer.Option(None, help="gateway URL (default: this machine's)"),
+    client_id: str | None = typer.Option(None, help="ops client id (default: var/ops-client.json)"),
+    client_secret: str | None = typer.Option(None, help="ops client secret"),
+    wait: float = typer.Option(150.0, help="seconds to wait for every KPI to have data"),
+) -> None:
+    """Drive a realistic partner portfolio through the public API and print the KPIs."""
+    from services.demo import run_demo
+
+    settings = Settings()
+    if client_id is None or client_secret is None:
+        path = Path(settings.var_dir) / "ops-client.json"
+        if not path.exists():
+            console.print("[red]no ops client: run `make up` first or pass --client-id/--client-secret")
+            raise typer.Exit(1)
+        doc = json.loads(path.read_text())
+        client_id, client_secret = doc["client_id"], doc["client_secret"]
+    asyncio.run(run_demo(gateway or settings.url_of("gateway"), client_id, client_secret, wait=wait))
