@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+_MIGRATION_LOCK = 0x6D69_6772_6174  # "migrat"
 
 
 def alembic_config(service: str) -> Config:
@@ -24,6 +27,9 @@ async def migrate(engine: AsyncEngine, service: str, revision: str = "head") -> 
         command.upgrade(config, revision)
 
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Replicas starting together must not race through the same migration.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         await conn.run_sync(upgrade)
 
 

@@ -79,9 +79,10 @@ def setup_telemetry(service: str, settings: Settings) -> TracerProvider | None:
         return None
     _configured.add(service)
     provider = TracerProvider(resource=Resource.create({"service.name": f"partnerhub-{service}"}))
-    provider.add_span_processor(
-        BatchSpanProcessor(JsonLinesSpanExporter(settings.traces_path / f"{service}.jsonl"), schedule_delay_millis=500)
-    )
+    if settings.trace_file:
+        provider.add_span_processor(
+            BatchSpanProcessor(JsonLinesSpanExporter(settings.traces_path / f"{service}.jsonl"), schedule_delay_millis=500)
+        )
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
