@@ -9,7 +9,7 @@ stored history is read in the current shape (`upcast`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,7 +57,8 @@ class PartnerAssessed(DomainEvent):
     type: ClassVar[str] = "partner.assessed"
     source: ClassVar[str] = "onboarding"
     partner_id: str
-    scores: dict[str, int]
+    # Scores on the 1 to 10 scale, up to two decimals (committees average their marks).
+    scores: dict[str, float]
     weighted_score: float
     recommended_tier: Tier
     scoring_model: str
@@ -305,6 +306,16 @@ class ClientRevoked(DomainEvent):
     client_id: str
 
 
+class TokenRevoked(DomainEvent):
+    """An access token was revoked (RFC 7009); services reject its jti until it expires."""
+
+    type: ClassVar[str] = "token.revoked"
+    source: ClassVar[str] = "gateway"
+    client_id: str
+    jti: str
+    expires_at: datetime
+
+
 class GatewayTrafficWindowClosed(DomainEvent):
     type: ClassVar[str] = "gateway.traffic_window_closed"
     source: ClassVar[str] = "gateway"
@@ -350,6 +361,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         ClientCreated,
         ClientSecretRotated,
         ClientRevoked,
+        TokenRevoked,
         GatewayTrafficWindowClosed,
     )
 }

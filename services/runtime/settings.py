@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = 5
     breaker_reset_timeout: float = 10.0
     traffic_window_seconds: int = 60
+    # Keys of the shared rate-limit buckets in Redis start with this (one prefix per deployment).
+    redis_key_prefix: str = "partnerhub:rl:"
+    # How often services (and gateway replicas) pick up revoked tokens and clients.
+    revocation_poll_interval: float = 2.0
 
     # Webhooks and probes.
     webhook_allow_nets: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
     # Telemetry.
     log_level: str = "INFO"
     traces_dir: Path | None = None
+    trace_file: bool = True
     trace_console: bool = False
 
     @field_validator("rate_limits", mode="before")

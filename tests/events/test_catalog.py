@@ -44,7 +44,7 @@ def test_event_names_are_past_tense_and_sources_known() -> None:
 def test_no_event_payload_carries_a_secret() -> None:
     for cls in EVENT_TYPES.values():
         for field in cls.model_fields:
-            assert "secret" not in field and "password" not in field and "token" != field, (cls.type, field)
+            assert "secret" not in field and "password" not in field and field != "token", (cls.type, field)
 
 
 def test_webhook_deliverable_excludes_operational_events() -> None:

@@ -1,0 +1,1 @@
+"""Alliances (stream `alliance-<partner_id>`): phases, renewal, exit, termination, satisfaction."""

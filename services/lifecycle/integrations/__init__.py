@@ -1,0 +1,1 @@
+"""Integrations (stream `integration-<id>`): registration, attempts, go-live, health and SLA."""

@@ -1,0 +1,150 @@
+"""SSRF guard: resolve a destination once, refuse non-public addresses, connect to what was checked.
+
+Addresses that are not globally routable (private, loopback, link-local, multicast,
+reserved, shared, unspecified — which covers the cloud metadata addresses) are refused
+unless they lie inside an allow-listed network (`PARTNERHUB_WEBHOOK_ALLOW_NETS`).
+Plain `http` is accepted only when every address is allow-listed. The delivery path
+connects to an address returned by `check` (never resolving the name again), so a DNS
+answer that changes between the check and the connection (rebinding) cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from services.lifecycle.webhooks.domain import Destination
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+"""(host, port) -> the addresses the host resolves to."""
+
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class Refused(Exception):
+    """The destination may not be called."""
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The host's addresses from the system resolver (TCP)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
+        if address not in seen:
+            seen.append(address)
+    return seen
+
+
+def _kind(ip: IPAddress) -> str | None:
+    """Why `ip` is not public (None when it is)."""
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved or not ip.is_global:
+        return "reserved"
+    return None
+
+
+def _embedded(ip: IPAddress) -> list[IPAddress]:
+    """IPv4 addresses carried inside an IPv6 one (mapped, 6to4, NAT64) — checked as well."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    inner: list[IPAddress] = []
+    if ip.ipv4_mapped is not None:
+        inner.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        inner.append(ip.sixtofour)
+    if ip in _NAT64:
+        inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return inner
+
+
+class SsrfGuard:
+    """Decides which addresses a webhook may be sent to."""
+
+    def __init__(
+        self,
+        allow_nets: Iterable[str] = (),
+        *,
+        resolve: Resolve = system_resolve,
+        cache_ttl: float = 10.0,
+    ) -> None:
+        self._allow = [ipaddress.ip_network(str(net), strict=False) for net in allow_nets]
+        self._resolve = resolve
+        self._cache_ttl = cache_ttl
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    def allow_listed(self, ip: IPAddress) -> bool:
+        """Whether `ip` lies inside an allow-listed network."""
+        return any(ip.version == net.version and ip in net for net in self._allow)
+
+    def refusal(self, address: str) -> str | None:
+        """What kind of forbidden address `address` is ("private", "loopback", …); None when allowed."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return "malformed"
+        if self.allow_listed(ip):
+            return None
+        for candidate in [*_embedded(ip), ip]:
+            kind = _kind(candidate)
+            if kind is not None:
+                return kind
+        return None
+
+    async def check(self, destination: Destination) -> list[str]:
+        """The addresses to connect to for `destination`; `Refused` when any is not allowed.
+
+        Raises `OSError` (socket.gaierror) when the name does not resolve.
+        """
+        addresses = await self._addresses(destination)
+        if not addresses:
+            raise Refused(f"{destination.host} resolves to no address")
+        for address in addresses:
+            kind = self.refusal(address)
+            if kind is not None:
+                what = f"{address} is a {kind} address"
+                if address != destination.host:
+                    what = f"{destination.host} resolves to {what}"
+                raise Refused(f"{what}, outside PARTNERHUB_WEBHOOK_ALLOW_NETS")
+        if destination.scheme == "http":
+            for address in addresses:
+                if not self.allow_listed(ipaddress.ip_address(address.split("%", 1)[0])):
+                    raise Refused("https is required (plain http only to allow-listed networks)")
+        return addresses
+
+    async def _addresses(self, destination: Destination) -> list[str]:
+        host = destination.host
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            pass
+        else:
+            return [host]
+        key = (host, destination.port)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = await self._resolve(host, destination.port)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + self._cache_ttl, addresses)
+        return addresses

@@ -1,0 +1,406 @@
+"""Delivery workers: one task per endpoint with due messages, so a slow endpoint only slows itself.
+
+The due-time queue is SQL (`webhook_messages.next_attempt_at`). A scheduler loop finds
+endpoints with due messages and starts a worker task for each (the dispatcher wakes them
+directly when it stores new messages). A worker claims due messages of its endpoint in
+batches under a lease, sends up to the endpoint's concurrency at once (one at a time
+while the endpoint is failing), and exits when its endpoint has nothing due. Outcomes
+are recorded by an `OutcomeWriter`, batched across endpoints.
+
+Isolation: an endpoint's attempts only ever take its own slots (8 by default, 1 while it
+is failing) out of a global bound far larger, and the HTTP client has no shared
+per-host pool to exhaust, so a hanging endpoint delays nobody else.
+
+Restarts: a message is only ever marked done after its attempt ended, so a process that
+dies loses nothing; an attempt that was in flight (or claimed but not yet started) is
+sent again once its lease ends. A clean stop hands claimed-but-unstarted messages back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from opentelemetry import propagate, trace
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events.catalog import (
+    WebhookEndpointDisabled,
+    WebhookMessageDelivered,
+    WebhookMessageFailed,
+)
+from events.store import EventStore
+from services.lifecycle.webhooks import repository
+from services.lifecycle.webhooks.domain import AttemptResult, after_attempt
+from services.lifecycle.webhooks.outcomes import Outcome, OutcomeWriter
+from services.lifecycle.webhooks.repository import EndpointRow, MessageRow
+from services.lifecycle.webhooks.secrets import SecretBox, Signer
+from services.lifecycle.webhooks.sender import Sender
+from services.runtime.clock import Clock
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("partnerhub.webhooks")
+
+ENDPOINT_REFRESH = 1.0
+PREFETCH = 2
+"""A claim takes up to this many times the endpoint's concurrency (fewer, larger claims)."""
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` was set within `timeout` seconds (asyncio.timeout: cancellation-safe)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
+@dataclass
+class _Endpoint:
+    """What a worker knows about its endpoint (reloaded at most every second, or when told)."""
+
+    row: EndpointRow
+    signer: Signer
+    loaded_at: float
+    failing_since: datetime | None
+
+
+@dataclass
+class _Worker:
+    endpoint_id: str
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    fresh: bool = False
+    """New messages were stored, or time jumped: claim again even if the last claim came back short."""
+    stale: bool = False
+    """The endpoint changed: reload it."""
+    queued: deque[MessageRow] = field(default_factory=deque)
+    """Claimed, not yet started."""
+    held: set[str] = field(default_factory=set)
+    """Ids queued or in flight (a claim never takes one twice)."""
+    sending: int = 0
+    attempts: set[asyncio.Task[None]] = field(default_factory=set)
+    exhausted_until: float = 0.0
+
+
+class DeliveryWorkers:
+    """The delivery side of webhooks: a `Component` (start/stop) of the lifecycle service."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        store: EventStore,
+        clock: Clock,
+        sender: Sender,
+        secret_box: SecretBox,
+        per_endpoint_concurrency: int = 8,
+        max_in_flight: int = 512,
+        poll_interval: float = 1.0,
+        idle_linger: float = 0.5,
+        lease_margin: float = 5.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.clock = clock
+        self.sender = sender
+        self.box = secret_box
+        self.per_endpoint = per_endpoint_concurrency
+        self.max_in_flight = max_in_flight
+        self.poll_interval = poll_interval
+        self.idle_linger = idle_linger
+        self.lease_margin = lease_margin
+        self._rand = rand
+        self.outcomes = OutcomeWriter(engine, store)
+        self._workers: dict[str, _Worker] = {}
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.scheduling_passes = 0
+        """Times the scheduler looked for due messages (tests wait on it)."""
+        self.claims = 0
+        """Claim transactions since start (a cost figure for benchmarks)."""
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the HTTP session and start scheduling."""
+        await self.sender.start()
+        self._wakeup = asyncio.Event()
+        self._loop_task = asyncio.create_task(self._schedule_loop(), name="webhook-scheduler")
+
+    async def stop(self) -> None:
+        """Stop at once: attempts in flight are abandoned (sent again after their lease)."""
+        workers = list(self._workers.values())
+        tasks = [w.task for w in workers if w.task is not None]
+        tasks += [t for w in workers for t in w.attempts]
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loop_task = None
+        self._workers.clear()
+        await self.outcomes.close()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await self._hand_back(worker)
+        await self.sender.close()
+
+    # --- signals from the dispatcher and the API --------------------------------------
+
+    def notify(self, endpoint_ids: Iterable[str]) -> None:
+        """New messages are committed for these endpoints: deliver them now."""
+        if self._loop_task is None:
+            return
+        for endpoint_id in endpoint_ids:
+            worker = self._workers.get(endpoint_id) or self._spawn(endpoint_id)
+            worker.fresh = True
+            worker.wake.set()
+
+    def endpoint_changed(self, endpoint_id: str) -> None:
+        """The endpoint was updated, rotated, enabled, disabled or deleted."""
+        worker = self._workers.get(endpoint_id)
+        if worker is not None:
+            worker.stale = True
+            worker.wake.set()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Look for due messages now (after a clock jump, a resend or a recover)."""
+        for worker in self._workers.values():
+            worker.fresh = True
+            worker.wake.set()
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts started and not yet recorded, across every endpoint."""
+        return self._in_flight
+
+    def active_endpoints(self) -> list[str]:
+        """Endpoints with a running worker."""
+        return list(self._workers)
+
+    # --- scheduling --------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            timeout = self.poll_interval
+            try:
+                now = self.clock.now()
+                for endpoint_id, next_at in await repository.due_endpoints(self.engine):
+                    if endpoint_id in self._workers:
+                        continue
+                    if next_at <= now:
+                        self._spawn(endpoint_id)
+                    else:
+                        timeout = min(timeout, (next_at - now).total_seconds())
+            except Exception:  # a database hiccup must not end scheduling
+                log.exception("webhook scheduling failed; retrying")
+            self.scheduling_passes += 1
+            await _wait(self._wakeup, max(timeout, 0.001))
+
+    def _spawn(self, endpoint_id: str) -> _Worker:
+        worker = _Worker(endpoint_id, fresh=True)
+        self._workers[endpoint_id] = worker
+        worker.task = asyncio.create_task(self._run_worker(worker), name=f"webhook-endpoint:{endpoint_id}")
+        return worker
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        endpoint: _Endpoint | None = None
+        try:
+            while True:
+                try:
+                    endpoint, done = await self._step(worker, endpoint)
+                except Exception:  # a database hiccup must not strand the endpoint's messages
+                    log.exception("webhook worker for %s failed; retrying", worker.endpoint_id)
+                    await _wait(worker.wake, self.poll_interval)
+                    continue
+                if done:
+                    break
+        finally:
+            if self._workers.get(worker.endpoint_id) is worker:
+                del self._workers[worker.endpoint_id]
+            self._wakeup.set()
+
+    async def _step(self, worker: _Worker, endpoint: _Endpoint | None) -> tuple[_Endpoint | None, bool]:
+        """One round of a worker: claim, start attempts, wait. True when the worker may exit."""
+        worker.wake.clear()
+        if worker.fresh:
+            worker.fresh = False
+            worker.exhausted_until = 0.0
+        if endpoint is None or worker.stale or time.monotonic() - endpoint.loaded_at > ENDPOINT_REFRESH:
+            worker.stale = False
+            endpoint = await self._load(worker.endpoint_id)
+        if endpoint is None or endpoint.row.disabled:
+            await self._hand_back(worker)
+            if worker.sending == 0:
+                return endpoint, True
+            await _wait(worker.wake, self.poll_interval)
+            return endpoint, False
+        cap = 1 if endpoint.failing_since else self.per_endpoint
+        idle = worker.sending == 0 and not worker.queued
+        if idle or (2 * len(worker.queued) <= cap and time.monotonic() >= worker.exhausted_until):
+            want = PREFETCH * cap - len(worker.queued)
+            got = await self._claim(worker, want, cap)
+            if got < want:
+                # A short claim is not repeated while busy, until woken or a poll interval passed.
+                worker.exhausted_until = time.monotonic() + self.poll_interval
+            idle = idle and got == 0
+        if idle:
+            # Linger briefly (new messages often follow), then leave it to the scheduler.
+            return endpoint, not await _wait(worker.wake, self.idle_linger)
+        while worker.queued and worker.sending < cap and self._in_flight < self.max_in_flight:
+            self._start(worker, endpoint, worker.queued.popleft())
+        await _wait(worker.wake, max(worker.exhausted_until - time.monotonic(), 0.001))
+        return endpoint, False
+
+    async def _claim(self, worker: _Worker, want: int, cap: int) -> int:
+        now = self.clock.now()
+        # Long enough for everything this worker holds to be attempted in turn.
+        rounds = math.ceil((worker.sending + len(worker.queued) + want) / cap)
+        lease_until = now + timedelta(seconds=rounds * self.sender.timeout + self.lease_margin)
+        claimed = await repository.claim_due(
+            self.engine, worker.endpoint_id, now=now, lease_until=lease_until, limit=want
+        )
+        self.claims += 1
+        fresh = [m for m in claimed if m.id not in worker.held]
+        worker.held.update(m.id for m in fresh)
+        worker.queued.extend(fresh)
+        return len(claimed)
+
+    async def _hand_back(self, worker: _Worker) -> None:
+        """Make claimed but unstarted messages due again (the endpoint went away or we stop)."""
+        if not worker.queued:
+            return
+        ids = [m.id for m in worker.queued]
+        worker.queued.clear()
+        worker.held.difference_update(ids)
+        await repository.make_due(self.engine, ids, now=self.clock.now())
+
+    def _start(self, worker: _Worker, endpoint: _Endpoint, message: MessageRow) -> None:
+        worker.sending += 1
+        self._in_flight += 1
+        task = asyncio.create_task(self._attempt(worker, endpoint, message), name=f"webhook-attempt:{message.id}")
+        worker.attempts.add(task)
+        task.add_done_callback(worker.attempts.discard)
+
+    async def _load(self, endpoint_id: str) -> _Endpoint | None:
+        row = await repository.get_endpoint(self.engine, endpoint_id)
+        if row is None:
+            return None
+        now = self.clock.now()
+        in_use = [self.box.open(row.secret)]
+        if row.previous_secret and row.previous_secret_expires_at and row.previous_secret_expires_at > now:
+            in_use.append(self.box.open(row.previous_secret))
+        return _Endpoint(row=row, signer=Signer(in_use), loaded_at=time.monotonic(), failing_since=row.failing_since)
+
+    # --- one attempt -------------------------------------------------------------------
+
+    async def _attempt(self, worker: _Worker, endpoint: _Endpoint, message: MessageRow) -> None:
+        try:
+            context = propagate.extract({"traceparent": message.traceparent}) if message.traceparent else None
+            with tracer.start_as_current_span(
+                "webhook.deliver",
+                context=context,
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "webhook.endpoint_id": endpoint.row.id,
+                    "webhook.message_id": message.id,
+                    "webhook.event_type": message.event_type,
+                    "webhook.attempt": message.attempts + 1,
+                    "partner_id": message.partner_id,
+                },
+            ) as span:
+                attempted_at = self.clock.now()
+                try:
+                    result = await self._send(endpoint, message)
+                finally:
+                    # The endpoint's slot is free once the request ended; the message stays
+                    # leased until its outcome is recorded.
+                    worker.sending -= 1
+                    worker.wake.set()
+                span.set_attribute("http.response.status_code", result.status_code or 0)
+                if not result.succeeded:
+                    span.set_status(trace.StatusCode.ERROR, result.error or "")
+                try:
+                    await self._record(endpoint, message, result, attempted_at)
+                except Exception:
+                    log.exception("recording webhook attempt %s failed", message.id)
+        finally:
+            self._in_flight -= 1
+            worker.held.discard(message.id)
+            if self._in_flight == self.max_in_flight - 1:
+                for other in self._workers.values():
+                    if other.queued:
+                        other.wake.set()
+
+    async def _send(self, endpoint: _Endpoint, message: MessageRow) -> AttemptResult:
+        timestamp = int(time.time())  # the wall clock: receivers check it against theirs
+        headers = {
+            "webhook-id": message.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": endpoint.signer.signature(
+                msg_id=message.event_id, timestamp=timestamp, body=message.payload
+            ),
+            "content-type": "application/json",
+        }
+        return await self.sender.send(endpoint.row.url, headers=headers, body=message.payload.encode())
+
+    async def _record(
+        self, endpoint: _Endpoint, message: MessageRow, result: AttemptResult, attempted_at: datetime
+    ) -> None:
+        now = self.clock.now()
+        made = message.attempts + 1
+        decision = after_attempt(
+            attempts_made=made, result=result, now=now, failing_since=endpoint.failing_since, rand=self._rand()
+        )
+        disable = decision.disable_reason is not None and not endpoint.row.disabled
+        if disable:
+            endpoint.row = replace(endpoint.row, disabled=True)
+            self.endpoint_changed(endpoint.row.id)
+        endpoint.failing_since = decision.failing_since
+        first_attempt_at = message.first_attempt_at or attempted_at
+        outcome = Outcome(message, result, decision, attempted_at, first_attempt_at, now)
+        if decision.status == "delivered":
+            latency = (now - first_attempt_at).total_seconds() * 1000
+            outcome.events.append(
+                WebhookMessageDelivered(
+                    partner_id=message.partner_id,
+                    endpoint_id=message.endpoint_id,
+                    message_id=message.id,
+                    event_type=message.event_type,
+                    attempts=made,
+                    latency_ms=round(max(latency, result.duration_ms), 3),
+                )
+            )
+        elif decision.status == "failed":
+            outcome.events.append(
+                WebhookMessageFailed(
+                    partner_id=message.partner_id,
+                    endpoint_id=message.endpoint_id,
+                    message_id=message.id,
+                    event_type=message.event_type,
+                    attempts=made,
+                    last_error=(result.error or "")[:500],
+                )
+            )
+        if disable and decision.disable_reason is not None:
+            outcome.events.append(
+                WebhookEndpointDisabled(
+                    partner_id=message.partner_id, endpoint_id=message.endpoint_id, reason=decision.disable_reason
+                )
+            )
+        await self.outcomes.record(outcome)
