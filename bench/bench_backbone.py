@@ -142,7 +142,7 @@ async def postgres_reachable(url: str) -> bool:
         await engine.dispose()
 
 
-async def fill(store: EventStore, events: int, *, partners: int = 2000, per_append: int = 200) -> None:
+async def fill(store: EventStore, events: int, *, partners: int = 500, per_append: int = 200) -> None:
     """`events` events spread over `partners` partners (bulk appends: this is setup, not measured)."""
     appended = 0
     batch = 0
@@ -189,6 +189,7 @@ async def bench_appends(engine: AsyncEngine, *, group_commit: bool, commands: in
         "seconds": round(clock.wall, 3),
         "cpu_seconds": round(clock.cpu, 3),
         "events_per_s": round(done / clock.wall),
+        "events_per_cpu_s": round(done / clock.cpu) if clock.cpu else None,
     }
 
 
@@ -213,6 +214,7 @@ async def bench_relay(engine: AsyncEngine, bootstrap: str, *, events: int) -> di
         "seconds": round(clock.wall, 3),
         "cpu_seconds": round(clock.cpu, 3),
         "events_per_s": round(events / clock.wall),
+        "events_per_cpu_s": round(events / clock.cpu) if clock.cpu else None,
         "errors": relay.errors,
         "topic": topic,
     }
@@ -312,6 +314,7 @@ async def bench_catch_up(
         "seconds": round(clock.wall, 3),
         "cpu_seconds": round(clock.cpu, 3),
         "events_per_s": round(events / clock.wall),
+        "events_per_cpu_s": round(events / clock.cpu) if clock.cpu else None,
     }
 
 
@@ -338,6 +341,7 @@ async def bench_kafka_follow(consumer: AsyncEngine, bootstrap: str, topic: str, 
         "seconds": round(clock.wall, 3),
         "cpu_seconds": round(clock.cpu, 3),
         "events_per_s": round(events / clock.wall),
+        "events_per_cpu_s": round(events / clock.cpu) if clock.cpu else None,
     }
 
 
@@ -361,10 +365,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             details["appends"][kind] = {"group_commit": grouped, "one_transaction_per_command": single}
 
             print(f"-- {kind}: relay", flush=True)
-            async with database(kind, postgres_url, workdir) as engine:
-                runs = [await bench_relay(engine, broker.bootstrap, events=args.events)]
-            async with database(kind, postgres_url, workdir) as engine:
-                runs.append(await bench_relay(engine, broker.bootstrap, events=args.events))
+            runs = []
+            for _ in range(3):
+                async with database(kind, postgres_url, workdir) as engine:
+                    runs.append(await bench_relay(engine, broker.bootstrap, events=args.events))
             best = max(runs, key=lambda r: r["events_per_s"])
             details["relay"][kind] = {"runs": runs, "best": best}
 
@@ -374,11 +378,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with source.begin() as conn:
             await conn.run_sync(store_metadata.create_all)
         source_store = EventStore(source, source="onboarding", now=now)
-        await fill(source_store, args.events)
+        await fill(source_store, args.catchup_events)
         topic = f"partnerhub.bench-{uuid.uuid4().hex[:8]}.events"
         relay = Relay(source_store, bootstrap=broker.bootstrap, topic=topic, partitions=PARTITIONS, engine=source)
         await relay.start()
-        while relay.cursor < args.events:
+        while relay.cursor < args.catchup_events:
             await asyncio.sleep(0.01)
         await relay.stop()
         await source_store.close()
@@ -389,11 +393,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for mode, batched in (("per_event_handler", False), ("batch_handler", True)):
                     async with database(kind, postgres_url, workdir) as consumer:
                         details["catch_up"][kind][mode] = await bench_catch_up(
-                            consumer, log_url, broker.bootstrap, events=args.events, batched=batched
+                            consumer, log_url, broker.bootstrap, events=args.catchup_events, batched=batched
                         )
                 async with database(kind, postgres_url, workdir) as consumer:
                     details["kafka_follow"][kind] = await bench_kafka_follow(
-                        consumer, broker.bootstrap, topic, events=args.events
+                        consumer, broker.bootstrap, topic, events=args.catchup_events
                     )
     return details
 
@@ -419,7 +423,8 @@ def results_of(details: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": relay["best"]["events_per_s"],
                 "unit": "events/s",
                 "goal": "≥ 20,000 events/s",
-                "note": f"best of {len(relay['runs'])}: {[r['events_per_s'] for r in relay['runs']]}",
+                "note": f"best of {len(relay['runs'])}: {[r['events_per_s'] for r in relay['runs']]}; "
+                f"{relay['best']['events_per_cpu_s']:,} events per CPU-second of the relay process",
             }
         )
     for kind, modes in details["catch_up"].items():
@@ -480,7 +485,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--postgres", default=os.environ.get("PARTNERHUB_TEST_POSTGRES_URL", DEFAULT_POSTGRES))
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--events", type=int, default=40_000, help="events for the relay and subscription runs")
+    parser.add_argument("--events", type=int, default=40_000, help="events for the relay runs")
+    parser.add_argument("--catchup-events", type=int, default=20_000, help="events for the subscription runs")
     parser.add_argument("--commands", type=int, default=16_000, help="commands with group commit")
     parser.add_argument("--single-commands", type=int, default=2_400, help="commands without group commit")
     args = parser.parse_args(argv)

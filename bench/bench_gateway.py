@@ -229,6 +229,14 @@ def uvicorn_args(target: str, port: int) -> list[str]:
 # --- the benchmark --------------------------------------------------------------------------
 
 
+def _load_average() -> str:
+    """The 1-minute load average (other work on a shared machine skews every figure)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
@@ -236,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measure (medians are kept)")
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
+    load_before = _load_average()
     var = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     up_port, gw_port, ref_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -353,15 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     from bench.run import environment
 
-    try:
-        load_average = f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        load_average = "n/a"
     doc = {
         "title": "Gateway: proxy overhead and token endpoint",
         "command": "python -m bench.bench_gateway",
         "results": results,
-        "environment": environment() | {"load_generator": generator, "errors": str(errors), "load_average_after": load_average},
+        "environment": environment() | {"load_generator": generator, "errors": str(errors),
+                                       "load_average_before": load_before, "load_average_after": _load_average()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

@@ -13,7 +13,7 @@
    that poll's answer time - the command's 2xx answer time. Goal: p50 ≤ 50 ms,
    p99 ≤ 250 ms at 200 commands/s.
 
-    python -m bench.bench_metrics [--events 100000] [--rate 200] [--seconds 10] [--skip-live]
+    python -m bench.bench_metrics [--events 100000] [--rate 200] [--low-rate 20] [--seconds 10] [--skip-live]
 
 Writes bench/results/metrics.json in bench/run.py's format.
 """
@@ -115,16 +115,17 @@ async def fill_stores(settings: Settings, total: int) -> tuple[dict[str, int], f
             await migrate(engine, source)
         stores = {s: EventStore(e, source=s, now=clock.now) for s, e in engines.items()}
         started = time.monotonic()
-        pending: list[Any] = []
-        for n, (event, at) in enumerate(history(total)):  # type: ignore[misc]
-            stream = f"{event.type.split('.')[0]}-{event.partner_id}-{n // 200}"
-            pending.append(
-                stores[event.source].append(stream_id=stream, expected_version=None, events=[NewEvent(event, occurred_at=at)])
+        by_source: dict[str, list[NewEvent]] = {s: [] for s in SOURCES}
+        for event, at in history(total):  # type: ignore[misc]
+            by_source[event.source].append(NewEvent(event, occurred_at=at))
+        for source, new_events in by_source.items():
+            # 100 events per append (one stream each): the store's bulk path, not the subject here.
+            await asyncio.gather(
+                *(
+                    stores[source].append(stream_id=f"bench-{source}-{n}", expected_version=None, events=new_events[n : n + 100])
+                    for n in range(0, len(new_events), 100)
+                )
             )
-            if len(pending) >= 2000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
         seconds = time.monotonic() - started
         heads = {s: await stores[s].head_position() for s in SOURCES}
         for store in stores.values():
@@ -224,7 +225,7 @@ async def bench_rebuild(total: int, work: Path) -> dict[str, Any]:
                 child.wait()
 
 
-async def bench_live(rate: float, seconds: float, work: Path) -> dict[str, Any]:
+async def bench_live(rates: list[float], seconds: float, work: Path) -> dict[str, Any]:
     import httpx
 
     from tests.support.platform import running_platform
@@ -263,74 +264,93 @@ async def bench_live(rate: float, seconds: float, work: Path) -> dict[str, Any]:
             for n in range(40)
         ]
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        commands = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, limits=limits, timeout=30)
-        poller = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, timeout=30)
+        commands = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, limits=limits, timeout=60)
+        poller = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, timeout=60)
+        try:
+            return {f"{rate:g}/s": await _freshness(commands, poller, iids, rate, seconds) for rate in rates}
+        finally:
+            await commands.aclose()
+            await poller.aclose()
 
-        async def today_count() -> int:
-            r = await poller.get("/v1/kpis/series", params={"kpi": "integration_success_rate", "days": 1})
-            return int(r.json()["series"]["integration_success_rate"]["points"][-1]["sample_size"])
 
-        baseline = await today_count()
-        accepted: list[float] = []
-        errors: dict[int, int] = {}
-        polls: list[tuple[float, int]] = []
-        stop = asyncio.Event()
+async def _freshness(
+    commands: Any, poller: Any, iids: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Record attempts at `rate` (at most 64 in flight) while polling the KPI back to back."""
+    import httpx
 
-        async def command(n: int) -> None:
-            iid = iids[n % len(iids)]
-            r = await commands.post(f"/v1/integrations/{iid}/attempts", json={"outcome": "succeeded" if n % 20 else "failed"})
-            if r.status_code == 200:
-                accepted.append(time.monotonic())
-            else:
-                errors[r.status_code] = errors.get(r.status_code, 0) + 1
+    async def today_count() -> int:
+        r = await poller.get("/v1/kpis/series", params={"kpi": "integration_success_rate", "days": 1})
+        return int(r.json()["series"]["integration_success_rate"]["points"][-1]["sample_size"])
 
-        async def poll() -> None:
-            while not stop.is_set():
+    baseline = await today_count()
+    accepted: list[float] = []
+    errors: dict[str, int] = {}
+    polls: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+    in_flight = asyncio.Semaphore(64)
+
+    async def command(n: int) -> None:
+        iid = iids[n % len(iids)]
+        async with in_flight:
+            try:
+                r = await commands.post(f"/v1/integrations/{iid}/attempts", json={"outcome": "succeeded" if n % 20 else "failed"})
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+        if r.status_code == 200:
+            accepted.append(time.monotonic())
+        else:
+            errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+
+    async def poll() -> None:
+        while not stop.is_set():
+            try:
                 count = await today_count()
-                polls.append((time.monotonic(), count - baseline))
+            except httpx.HTTPError:
+                continue
+            polls.append((time.monotonic(), count - baseline))
 
-        poll_task = asyncio.create_task(poll())
-        total = int(rate * seconds)
-        started = time.monotonic()
-        tasks = []
-        for n in range(total):
-            due = started + n / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(command(n)))
-        await asyncio.gather(*tasks)
-        send_seconds = time.monotonic() - started
-        deadline = time.monotonic() + 30
-        while (not polls or polls[-1][1] < len(accepted)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        stop.set()
-        await poll_task
-        await commands.aclose()
-        await poller.aclose()
+    poll_task = asyncio.create_task(poll())
+    total = int(rate * seconds)
+    started = time.monotonic()
+    tasks = []
+    for n in range(total):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(command(n)))
+    await asyncio.gather(*tasks)
+    send_seconds = time.monotonic() - started
+    deadline = time.monotonic() + 60
+    while (not polls or polls[-1][1] < len(accepted)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await poll_task
 
-        accepted.sort()
-        freshness: list[float] = []
-        j = 0
-        for rank, at in enumerate(accepted, start=1):
-            while j < len(polls) and (polls[j][1] < rank or polls[j][0] < at):
-                j += 1
-            if j == len(polls):
-                break
-            freshness.append(polls[j][0] - at)
-        poll_gaps = [b[0] - a[0] for a, b in itertools.pairwise(polls)]
-        return {
-            "commands": total,
-            "accepted": len(accepted),
-            "errors": errors,
-            "send_seconds": round(send_seconds, 2),
-            "achieved_rate": round(len(accepted) / send_seconds, 1),
-            "measured": len(freshness),
-            "p50_ms": round(1000 * statistics.median(freshness), 1) if freshness else None,
-            "p99_ms": round(1000 * _quantile(freshness, 0.99), 1) if freshness else None,
-            "max_ms": round(1000 * max(freshness), 1) if freshness else None,
-            "poll_interval_ms_p50": round(1000 * statistics.median(poll_gaps), 1) if poll_gaps else None,
-        }
+    accepted.sort()
+    freshness: list[float] = []
+    j = 0
+    for rank, at in enumerate(accepted, start=1):
+        while j < len(polls) and (polls[j][1] < rank or polls[j][0] < at):
+            j += 1
+        if j == len(polls):
+            break
+        freshness.append(polls[j][0] - at)
+    poll_gaps = [b[0] - a[0] for a, b in itertools.pairwise(polls)]
+    return {
+        "rate": rate,
+        "commands": total,
+        "accepted": len(accepted),
+        "errors": errors,
+        "send_seconds": round(send_seconds, 2),
+        "achieved_rate": round(len(accepted) / send_seconds, 1),
+        "measured": len(freshness),
+        "p50_ms": round(1000 * statistics.median(freshness), 1) if freshness else None,
+        "p99_ms": round(1000 * _quantile(freshness, 0.99), 1) if freshness else None,
+        "max_ms": round(1000 * max(freshness), 1) if freshness else None,
+        "poll_interval_ms_p50": round(1000 * statistics.median(poll_gaps), 1) if poll_gaps else None,
+    }
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -357,24 +377,27 @@ async def main(args: argparse.Namespace) -> None:
             }
         )
         if not args.skip_live:
-            live = await bench_live(args.rate, args.seconds, work)
+            rates = sorted({args.low_rate, args.rate})
+            live = await bench_live(rates, args.seconds, work)
             details["live"] = live
-            results += [
-                {
-                    "name": f"freshness p50, gateway command → KPI API, {args.rate:g} commands/s",
-                    "value": live["p50_ms"],
-                    "unit": "ms",
-                    "goal": "≤ 50 ms",
-                    "note": f"{live['measured']} of {live['commands']} commands; achieved {live['achieved_rate']}/s",
-                },
-                {
-                    "name": "freshness p99",
-                    "value": live["p99_ms"],
-                    "unit": "ms",
-                    "goal": "≤ 250 ms",
-                    "note": f"max {live['max_ms']} ms; KPI polled every {live['poll_interval_ms_p50']} ms (p50)",
-                },
-            ]
+            for rate in rates:
+                run = live[f"{rate:g}/s"]
+                results += [
+                    {
+                        "name": f"freshness p50, gateway command → KPI API, {rate:g} commands/s offered",
+                        "value": run["p50_ms"],
+                        "unit": "ms",
+                        "goal": "≤ 50 ms at 200/s",
+                        "note": f"achieved {run['achieved_rate']}/s; {run['measured']} of {run['commands']} measured; errors {run['errors']}",
+                    },
+                    {
+                        "name": f"freshness p99, {rate:g} commands/s offered",
+                        "value": run["p99_ms"],
+                        "unit": "ms",
+                        "goal": "≤ 250 ms at 200/s",
+                        "note": f"max {run['max_ms']} ms; KPI polled every {run['poll_interval_ms_p50']} ms (p50)",
+                    },
+                ]
     doc = {
         "title": "Metrics projections",
         "command": "python -m bench.bench_metrics " + " ".join(sys.argv[1:]),
@@ -394,6 +417,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--low-rate", type=float, default=20.0, help="a second, unsaturated rate")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--skip-live", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -76,7 +76,7 @@ def run_receiver() -> None:
 
     async def stats(request: web.Request) -> web.Response:
         nonlocal unverified
-        body = {"count": len(receipts), "unverified": unverified, "receipts": receipts}
+        body = {"count": len(receipts), "unverified": unverified, "receipts": list(receipts)}
         if request.query.get("reset"):
             receipts.clear()
             unverified = 0
@@ -266,7 +266,7 @@ async def throughput(receiver: ReceiverProcess, messages: int) -> dict[str, Any]
             seconds = await drain(runtime, receiver, messages)
             cpu = cpu_seconds() - cpu
             stats = await receiver.stats(reset=True)
-    peer = await bare_client(receiver, paths, messages, concurrency=8 * len(paths))
+    peer, peer_cpu = await bare_client(receiver, paths, messages, concurrency=8 * len(paths))
     return {
         "messages": messages,
         "seconds": round(seconds, 3),
@@ -274,10 +274,13 @@ async def throughput(receiver: ReceiverProcess, messages: int) -> dict[str, Any]
         "cpu_ms_per_delivery": round(cpu * 1000 / messages, 3),
         "unverified": stats["unverified"],
         "peer_per_s": round(peer, 1),
+        "peer_cpu_ms_per_request": round(peer_cpu * 1000 / messages, 3),
     }
 
 
-async def bare_client(receiver: ReceiverProcess, paths: list[str], messages: int, *, concurrency: int) -> float:
+async def bare_client(
+    receiver: ReceiverProcess, paths: list[str], messages: int, *, concurrency: int
+) -> tuple[float, float]:
     """Signed POSTs with a plain aiohttp client at the workers' concurrency: the peer."""
     secrets = {p: f"whsec_{'A' * 43}=" for p in paths}
     await receiver.configure(secrets)
@@ -298,11 +301,13 @@ async def bare_client(receiver: ReceiverProcess, paths: list[str], messages: int
             async with semaphore, http.post(receiver.url(path), data=body.encode(), headers=headers) as response:
                 await response.read()
 
+        cpu = cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(post(p, e) for p, e in jobs))
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu
     await receiver.stats(reset=True)
-    return messages / seconds
+    return messages / seconds, cpu
 
 
 async def isolation(receiver: ReceiverProcess, messages: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from events.store import EventStore
 HEAD_HEADER = "X-Head-Position"
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
+MAX_POSITION = 2**63 - 1  # a larger `after` cannot be bound to SQL (it answered 500)
 
 
 class LogPage(BaseModel):
@@ -52,7 +53,7 @@ def log_router(store: EventStore, require_scope_dependency: Any) -> APIRouter:
         summary="Read the event log by position",
     )
     async def read_events(
-        after: Annotated[int, Query(ge=0, description="Return events after this position.")] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION, description="Return events after this position.")] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="At most this many events.")] = DEFAULT_LIMIT,
     ) -> Response:
         """Events after `after` in position order (scope `events:read`); the head position is in `X-Head-Position`."""

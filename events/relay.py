@@ -3,8 +3,10 @@
 - At least once, in position order per partition: a batch is read after the persisted
   cursor, sent (CloudEvents binary mode, key = partition key, acks=all), and only when
   the broker acknowledged all of it is the cursor moved, in `relay_cursors`.
-- Records go to `partition_for(key)` explicitly, so a topic the broker auto-created
-  with a wrong partition count makes sends fail instead of scattering a partner's events.
+- Records go to `partition_for(key)` explicitly (what the default partitioner would
+  pick), so a topic auto-created with a wrong partition count cannot scatter a
+  partner's events: sends to missing partitions fail, and the layout is checked again
+  before a cursor moves.
 - Every record carries `partnerhub-prev-position`: the position of the previous event
   of the same partition. A subscription that sees a predecessor it never applied knows
   the broker lost records (the embedded broker restarts empty) and catches up from the

@@ -174,6 +174,9 @@ class EventStore:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)
+            finally:
+                for _ in batch:
+                    queue.task_done()
 
     async def _commit_batch(self, batch: list[_Append]) -> None:
         try:
@@ -325,8 +328,7 @@ class EventStore:
         """Stop the group-commit writer (pending appends are finished first)."""
         if self._writer is not None:
             assert self._queue is not None
-            while not self._queue.empty():
-                await asyncio.sleep(0.005)
+            await self._queue.join()
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer

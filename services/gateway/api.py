@@ -14,9 +14,10 @@ from services.gateway.denylist import read_revocations
 from services.gateway.oauth import metadata
 from services.runtime.auth import Identity, Ops, require_scopes
 from services.runtime.commands import metadata_for
-from services.runtime.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from services.runtime.pagination import INT64_MAX, Cursor, Limit, Page, decode_cursor, encode_cursor
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
 from services.runtime.settings import Settings
+from services.runtime.text import OneLine
 
 # Answers carrying a secret must not be kept by any cache.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -85,7 +86,11 @@ def oauth_router() -> APIRouter:
         """Revoke an access token: the gateway and every service reject it until it expires."""
         return await gateway.authorization.revoke(request)
 
-    @router.get("/.well-known/jwks.json")
+    @router.get(
+        "/.well-known/jwks.json",
+        response_class=Response,
+        responses={200: {"description": "JWK Set", "content": {"application/jwk-set+json": {"schema": {"type": "object"}}}}},
+    )
     async def jwks(gateway: Gateway) -> Response:
         """The public keys access tokens are signed with (RFC 7517)."""
         import orjson
@@ -109,7 +114,7 @@ class NewClient(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     partner_id: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
     scopes: list[str] = Field(min_length=1, max_length=20)
     jwks: dict[str, Any] | None = Field(
@@ -318,7 +323,7 @@ def internal_router() -> APIRouter:
     async def revocations(
         caller: EventsReader,
         gateway: Gateway,
-        after: int = Query(default=0, ge=0),
+        after: int = Query(default=0, ge=0, le=INT64_MAX),
         limit: int = Query(default=1000, ge=1, le=1000),
     ) -> dict[str, Any]:
         """Revoked tokens (until they expire) and revoked clients after store position `after`."""

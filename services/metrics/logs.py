@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from events.envelope import RecordedEvent
+from events.store import EventStore
 from services.metrics.projections import SOURCES
 from services.runtime.settings import Settings
 
@@ -98,3 +99,22 @@ class SourceHeads:
             return await self._reader.head(source)
         except (httpx.HTTPError, ValueError, OSError):
             return None
+
+
+class StoreLogs:
+    """The sources' logs read straight from their event stores, for a process that holds them
+    (tests, tools); the same answers as their log APIs without HTTP."""
+
+    def __init__(self, stores: dict[str, EventStore]) -> None:
+        self._stores = stores
+
+    async def read(self, source: str, *, after: int, limit: int) -> tuple[list[RecordedEvent], int]:
+        store = self._stores[source]
+        events = await store.read_all(after=after, limit=limit)
+        return events, await store.head_position()
+
+    async def head(self, source: str) -> int:
+        return await self._stores[source].head_position()
+
+    async def aclose(self) -> None:
+        return None

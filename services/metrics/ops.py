@@ -26,7 +26,7 @@ from services.metrics import tables as t
 from services.metrics.logs import SourceHeads
 from services.metrics.projections import PROJECTIONS, SOURCES
 from services.metrics.readmodel import ReadModels, Window, parked_counts, source_name
-from services.runtime.auth import Ops
+from services.runtime.auth import Ops, authenticate
 
 STATIC_DIR = Path(__file__).parent / "static"
 PARKED_SHOWN = 20
@@ -138,8 +138,11 @@ class _Families(Collector):
         return iter(self._families)
 
 
-async def prometheus_text(request: Request) -> bytes:
-    """Every KPI (per window; per partner for the default window), consumer lag, relay lag."""
+async def prometheus_text(request: Request, *, only_partner: str | None = None) -> bytes:
+    """Every KPI (per window; per partner for the default window), consumer lag, relay lag.
+
+    `only_partner`: show per-partner series of that partner only (None: of every partner).
+    """
     read_models: ReadModels = request.app.state.read_models
     heads: SourceHeads = request.app.state.source_heads
     now = request.app.state.clock.now()
@@ -184,7 +187,7 @@ async def prometheus_text(request: Request) -> bytes:
         default = Window.of(k.DEFAULT_WINDOW, now)
         for name in k.KPIS:
             for partner, v in (await snap.per_partner(name, default)).items():
-                if v.value is not None:
+                if v.value is not None and only_partner in (None, partner):
                     partner_value.add_metric([name, default.name, partner], v.value)
         consumers = await consumer_status(snap.conn, head_positions, partitions=read_models.partitions)
     parked_by: dict[str, int] = {}
@@ -242,7 +245,15 @@ async def consumers(request: Request, caller: Ops) -> dict[str, Any]:
 )
 async def metrics(request: Request) -> Response:
     """KPI gauges (labels kpi, window, partner), consumer lag per source and partition, relay lag."""
-    return Response(await prometheus_text(request), media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Prometheus scrapes this service directly, without a token, and sees every partner.
+    # Through the gateway (scope kpis:read) a partner client sees only its own series:
+    # other partners' ids and KPIs are theirs (tests/hardening/test_isolation.py).
+    only_partner = None
+    if "authorization" in request.headers:
+        caller = await authenticate(request)
+        only_partner = None if caller.is_ops else (caller.partner_id or "")
+    text = await prometheus_text(request, only_partner=only_partner)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/dashboard", summary="KPI dashboard (HTML)", response_class=FileResponse)

@@ -15,11 +15,13 @@ from pydantic import (
     Field,
     HttpUrl,
     StrictBool,
+    WithJsonSchema,
     model_validator,
 )
 
 from events.catalog import AgreementType, DueDiligencePhase, SlaTerms, Tier
 from services.onboarding.domain import CommandName, Status
+from services.runtime.text import OneLine
 
 
 def _number(value: Any) -> Any:
@@ -41,7 +43,13 @@ def _no_credentials(url: HttpUrl) -> HttpUrl:
     return url
 
 
-Score = Annotated[Decimal, BeforeValidator(_number), Field(ge=1, le=10, decimal_places=2)]
+# Documented as what it accepts: a JSON number (pydantic would say "number or string").
+Score = Annotated[
+    Decimal,
+    BeforeValidator(_number),
+    Field(ge=1, le=10, decimal_places=2),
+    WithJsonSchema({"type": "number", "minimum": 1, "maximum": 10, "description": "1 to 10, at most two decimals"}),
+]
 Percent = Annotated[float, BeforeValidator(_number), Field(gt=0, le=100)]
 Day = Annotated[date, BeforeValidator(_iso_date)]
 Text = Annotated[str, Field(max_length=5000)]
@@ -61,9 +69,9 @@ class CommandBody(BaseModel):
 
 
 class ApplicationIn(CommandBody):
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     website: Annotated[HttpUrl, AfterValidator(_no_credentials), Field(max_length=2048)]
-    category: str = Field(min_length=1, max_length=100)
+    category: OneLine = Field(min_length=1, max_length=100)
     contact_email: EmailStr = Field(max_length=254)
 
 

@@ -95,7 +95,7 @@ def create_service_app(
             for component in reversed(started):
                 try:
                     await component.stop()
-                except Exception:  # noqa: BLE001 - keep stopping the others
+                except Exception:
                     log.exception("stopping %s failed", type(component).__name__)
             await runtime.store.close()
             await runtime.engine.dispose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import Request, Response
 
@@ -53,6 +53,10 @@ def resolve_occurred_at(
         raise Problem(403, "only ops clients may set occurred_at", title="Forbidden", type="occurred-at-forbidden")
     if occurred_at.tzinfo is None:
         raise Problem(422, "occurred_at needs a timezone (e.g. 2026-01-31T12:00:00Z)", title="Validation Failed", type="validation-failed")
+    try:
+        occurred_at.astimezone(UTC)  # stored in UTC: 0001-01-01T00:00+14:00 is before year 1
+    except OverflowError:
+        raise Problem(422, "occurred_at is out of range", title="Validation Failed", type="occurred-at-out-of-range") from None
     if occurred_at > clock.now():
         raise Problem(422, "occurred_at is in the future", title="Validation Failed", type="occurred-at-in-future")
     if not_before is not None and occurred_at < not_before:

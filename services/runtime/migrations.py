@@ -7,7 +7,6 @@ from alembic.config import Config
 from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
 _MIGRATION_LOCK = 0x6D69_6772_6174  # "migrat"
 
 

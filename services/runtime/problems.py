@@ -10,11 +10,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from events.store import ConcurrencyError, InvalidEvent
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://partnerhub.dev/problems/"
+# The RFC 9110 name where Python 3.11's HTTPStatus still has the RFC 7231 phrase.
+_PHRASES = {413: "Content Too Large"}
+# What FastAPI answers (400) for a body it cannot decode at all: invalid UTF-8, nesting
+# deeper than the parser's recursion limit, integers longer than 4300 digits.
+_UNPARSEABLE_BODY = "There was an error parsing the body"
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "options", "head", "trace"})
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "content": {
@@ -51,7 +58,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or _PHRASES.get(status) or HTTPStatus(status).phrase
         self.type = type or _slug(self.title)
         self.headers = headers or {}
         self.extensions = extensions
@@ -83,6 +90,16 @@ def problem_response(problem: Problem, instance: str | None = None) -> Response:
 def not_found(what: str, ident: str) -> Problem:
     """The 404 of an unknown (or another partner's) resource."""
     return Problem(404, f"{what} {ident!r} does not exist", title="Not Found", type="not-found")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every documented method of the requested path (from the OpenAPI document: included
+    routers are not flat in `app.routes`)."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {method.upper() for method in item if method in _HTTP_METHODS}
+    return ", ".join(sorted(methods))
 
 
 def _slug(title: str) -> str:
@@ -119,7 +136,15 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        problem = Problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        if exc.status_code == 400 and exc.detail == _UNPARSEABLE_BODY:
+            # Same answer as any other body that is not JSON (tests/hardening/test_limits.py).
+            malformed = Problem(422, "the request body is not valid JSON", title="Malformed JSON", type="malformed-json")
+            return problem_response(malformed, request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; RFC 9110 wants them all.
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        problem = Problem(exc.status_code, str(exc.detail), headers=headers)
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(ConcurrencyError)

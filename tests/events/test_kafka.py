@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -87,6 +87,55 @@ async def test_idempotent_producers_fail_on_tansu_so_ours_are_not(broker: Embedd
     finally:
         await producer.stop()
     assert metadata.partition == partition_for(b"k", 2)
+
+
+async def test_a_fetch_beyond_the_end_answers_nothing_but_reports_the_high_watermark(
+    broker: EmbeddedBroker, topic: str
+) -> None:
+    # What subscriptions rely on to notice a broker that restarted empty: no
+    # OffsetOutOfRange, but the fetch response's high watermark is right.
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    producer = make_producer(broker.bootstrap)
+    await producer.start()
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(topic, b"v", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 10)
+        batch = await consumer.getmany(timeout_ms=500)
+        assert batch == {} or batch == {tp: []}
+        assert consumer.highwater(tp) == 3 and await consumer.position(tp) == 10
+    finally:
+        await consumer.stop()
+
+
+async def test_a_restarted_broker_acknowledges_records_for_topics_it_does_not_have(
+    tmp_path: Path, topic: str
+) -> None:
+    # Why the relay checks its topic before it moves its cursor.
+    broker = EmbeddedBroker(log_dir=tmp_path)
+    await broker.start()
+    producer = make_producer(broker.bootstrap)
+    try:
+        await ensure_topics(broker.bootstrap, [topic], 2)
+        await producer.start()
+        await producer.send_and_wait(topic, b"before", key=b"k", partition=1)
+        await broker.stop()
+        await broker.start()
+
+        acknowledged = await asyncio.wait_for(producer.send_and_wait(topic, b"after", key=b"k", partition=1), 15)
+
+        assert acknowledged.partition == 1
+        assert topic not in await topic_partitions(broker.bootstrap)
+    finally:
+        await producer.stop()
+        await broker.stop()
 
 
 async def test_broker_reachable_tells_a_live_broker_from_a_closed_port(broker: EmbeddedBroker) -> None:

@@ -46,6 +46,7 @@ class Probe:
 
 
 WRITE_OPS = frozenset({403})
+FRESH_ENDPOINT = "a fresh endpoint"  # A's own call gets an endpoint made for it (DELETE)
 FORBIDDEN_TO_PARTNERS = Probe(refused=403, own=WRITE_OPS)  # closed to partner clients, whatever the target
 
 # Every route with a path parameter, keyed "METHOD /path" as in the OpenAPI documents.
@@ -76,8 +77,8 @@ PATH_MATRIX: dict[str, Probe] = {
     "POST /v1/integrations/{integration_id}/retire": Probe(body={"reason": "hostile"}, own=frozenset({200, 409})),
     # lifecycle: webhooks
     "GET /v1/webhooks/endpoints/{endpoint_id}": Probe(),
-    "PATCH /v1/webhooks/endpoints/{endpoint_id}": Probe(body={"url": "http://127.0.0.1:9/stolen", "description": "hostile"}, own=frozenset({200}), own_params={"endpoint_id": "spare_endpoint_id"}),
-    "DELETE /v1/webhooks/endpoints/{endpoint_id}": Probe(own=frozenset({204}), own_params={"endpoint_id": "spare_endpoint_id"}),
+    "PATCH /v1/webhooks/endpoints/{endpoint_id}": Probe(body={"url": "http://127.0.0.1:9/stolen", "description": "hostile"}, own_params={"endpoint_id": "spare_endpoint_id"}),
+    "DELETE /v1/webhooks/endpoints/{endpoint_id}": Probe(own=frozenset({204}), own_params={"endpoint_id": FRESH_ENDPOINT}),
     "POST /v1/webhooks/endpoints/{endpoint_id}/rotate-secret": Probe(own_params={"endpoint_id": "spare_endpoint_id"}),
     "GET /v1/webhooks/endpoints/{endpoint_id}/messages": Probe(),
     "POST /v1/webhooks/endpoints/{endpoint_id}/recover": Probe(body={"since": "2020-01-01T00:00:00Z"}, own=frozenset({202, 409})),
@@ -96,7 +97,7 @@ FILTER_MATRIX: dict[str, Probe] = {
 
 # Operations that take a partner's id in the body: A names B. Refused whatever B is.
 BODY_MATRIX: dict[str, Probe] = {
-    "POST /admin/clients": Probe(body={"name": "stolen", "scopes": ["partners:read"]}, refused=403),
+    "POST /admin/clients": Probe(body={"name": "stolen", "scopes": ["partners:read"]}, refused=403, own=WRITE_OPS),
     "POST /v1/integrations": Probe(body={"kind": "rest_api", "name": "stolen"}, refused=422, own=frozenset({201})),
     "POST /v1/webhooks/endpoints": Probe(body={"url": "http://127.0.0.1:9/stolen", "event_types": ["*"]}, refused=403, own=frozenset({201})),
 }
@@ -123,6 +124,14 @@ PARAM_SOURCE = {
 
 def attribute(tenant: Tenant, name: str) -> str:
     return tenant.creds.client_id if name == "client_id" else str(getattr(tenant, name))
+
+
+async def own_value(tenant: Tenant, name: str) -> str:
+    if name == FRESH_ENDPOINT:
+        created = await send(tenant.http, "POST", "/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/x", "event_types": ["sla.*"]})
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+    return attribute(tenant, name)
 
 
 def never_existed(real: str) -> str:
@@ -242,7 +251,7 @@ async def test_another_partners_resource_is_refused_and_leaks_nothing(
     if before is not None:
         assert await b_state(ops, b) == before, f"A's {key} changed B"
 
-    own = {p: attribute(a, probe.own_params.get(p, PARAM_SOURCE[p])) for p in op.path_params}
+    own = {p: await own_value(a, probe.own_params.get(p, PARAM_SOURCE[p])) for p in op.path_params}
     mine = await call(platform, a, op, fill(op.path, own), **kwargs)
     assert mine.status_code in probe.own, f"positive control: A → its own {key}: {mine.status_code} {mine.text}"
     assert not leaked(mine.text, b, sent=set())
@@ -284,10 +293,9 @@ async def test_naming_another_partner_in_a_body_is_refused(
     assert not leaked(against_b.text, b, sent={b.partner_id})
     assert scrub(against_b, {b.partner_id}) == scrub(against_nobody, {nobody})
     assert await _owned_counts(ops, b) == counts_before, "A created something for B"
-    if probe.own != WRITE_OPS:
-        mine = await call(platform, a, op, op.path, json=probe.body)
-        assert mine.status_code in probe.own, mine.text
-        assert not leaked(mine.text, b, sent=set())
+    mine = await call(platform, a, op, op.path, json=probe.body)
+    assert mine.status_code in probe.own, f"positive control: {mine.text}"
+    assert not leaked(mine.text, b, sent=set())
 
 
 async def _owned_counts(ops: httpx.AsyncClient, b: Tenant) -> tuple[int, ...]:

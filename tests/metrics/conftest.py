@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from events import catalog as ev
 from events.envelope import RecordedEvent
+from events.store import EventStore, NewEvent
 from services.metrics.app import create_app
-from services.metrics.projections import PROJECTIONS
+from services.metrics.logs import StoreLogs
+from services.metrics.projections import PROJECTIONS, SOURCES
 from services.metrics.writer import LiveApplier
 from services.runtime.clock import ManualClock
+from services.runtime.db import create_engine
+from services.runtime.migrations import migrate
 from services.runtime.settings import Settings
 from tests.support.tokens import TestIssuer
 
@@ -31,36 +38,44 @@ def days_ago(days: float, *, hours: float = 0) -> datetime:
 
 @dataclass
 class Feed:
-    """Records events of each source with explicit times and applies them as the live
-    handlers do (same `LiveApplier`, one transaction per event)."""
+    """Appends events with explicit times to real source stores (SQLite, one per source) and
+    applies each to the metrics read models the way the live handler does (the same
+    `LiveApplier`, one transaction per event)."""
 
     engine: AsyncEngine
+    stores: dict[str, EventStore]
     applier: LiveApplier = field(default_factory=LiveApplier)
-    positions: dict[str, int] = field(default_factory=dict)
 
     async def emit(self, event: ev.DomainEvent, at: datetime) -> RecordedEvent:
-        position = self.positions.get(event.source, 0) + 1
-        self.positions[event.source] = position
-        recorded = RecordedEvent(
-            position=position,
-            event_id=str(uuid.uuid4()),
-            source=event.source,
-            stream_id=f"{event.source}-{event.partner_id}",
-            stream_version=position,
-            type=event.type,
-            schema_version=event.schema_version,
-            data=event.payload(),
-            partition_key=event.partner_id or "",
-            occurred_at=at,
-            recorded_at=at,
+        stream = f"{event.type.split('.')[0]}-{event.partner_id}"
+        (recorded,) = await self.stores[event.source].append(
+            stream_id=stream, expected_version=None, events=[NewEvent(event, occurred_at=at)]
         )
         await self.apply(recorded)
         return recorded
 
     async def apply(self, recorded: RecordedEvent) -> None:
-        for projection in PROJECTIONS.values():
-            async with self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
+            for projection in PROJECTIONS.values():
                 await self.applier.apply(conn, projection, recorded)
+
+    def logs(self) -> StoreLogs:
+        return StoreLogs(self.stores)
+
+
+@asynccontextmanager
+async def source_stores(var_dir: Path) -> AsyncIterator[dict[str, EventStore]]:
+    """One real event store per source service, on SQLite files under `var_dir`."""
+    settings = Settings(var_dir=var_dir / "sources", env="test")
+    engines = {s: create_engine(settings.database_url_of(s)) for s in SOURCES}
+    try:
+        for source, engine in engines.items():
+            await migrate(engine, source)
+        clock = ManualClock(NOW)
+        yield {s: EventStore(e, source=s, now=clock.now, group_commit=False) for s, e in engines.items()}
+    finally:
+        for engine in engines.values():
+            await engine.dispose()
 
 
 @dataclass
@@ -81,14 +96,52 @@ class MetricsApp:
 
 @pytest.fixture
 async def metrics_app(tmp_path: Path) -> AsyncIterator[MetricsApp]:
-    settings = Settings(var_dir=tmp_path, env="test")
+    """The metrics app on SQLite."""
+    async with _metrics_app(tmp_path) as m:
+        yield m
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def any_db_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetricsApp]:
+    """The metrics app on SQLite, and on PostgreSQL when PARTNERHUB_TEST_POSTGRES_URL is set."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_url")
+        async with postgres_database(server) as url, _metrics_app(tmp_path, metrics_database_url=url) as m:
+            yield m
+        return
+    async with _metrics_app(tmp_path) as m:
+        yield m
+
+
+@asynccontextmanager
+async def postgres_database(server_url: str) -> AsyncIterator[str]:
+    """A fresh, uniquely named database on the test PostgreSQL server, dropped afterwards."""
+    name = f"mx_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.dispose()
+
+
+@asynccontextmanager
+async def _metrics_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[MetricsApp]:
+    settings = Settings(var_dir=tmp_path, env="test", **overrides)
     clock = ManualClock(NOW)
     app = create_app(settings, clock=clock)
     issuer = TestIssuer(settings.token_issuer)
     app.state.verifier.set_keys(issuer.keyset)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield MetricsApp(app, http, issuer, clock, Feed(app.state.engine), settings)
+    async with (
+        source_stores(tmp_path) as stores,
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        yield MetricsApp(app, http, issuer, clock, Feed(app.state.engine, stores), settings)
 
 
 # --- event builders ------------------------------------------------------------------------

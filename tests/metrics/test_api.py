@@ -13,6 +13,7 @@ import pytest
 
 from tests.metrics.conftest import (
     NOW,
+    Feed,
     MetricsApp,
     activated,
     applied,
@@ -31,9 +32,9 @@ from tests.metrics.conftest import (
 )
 
 
-async def seed_scenario(m: MetricsApp) -> None:
+async def seed_scenario(feed: Feed) -> None:
     """Two partners (p1, p2) and a signed-only p3; numbers in the tests below."""
-    emit = m.feed.emit
+    emit = feed.emit
     # Onboarding.
     await emit(applied("p1", "Acme"), days_ago(190))
     await emit(signed("p1"), days_ago(100))
@@ -80,9 +81,9 @@ async def kpis(m: MetricsApp, window: str | None = None, **params: Any) -> dict[
     return response.json()  # type: ignore[no-any-return]
 
 
-async def test_platform_kpis_default_window_is_30_days(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
-    doc = await kpis(metrics_app)
+async def test_platform_kpis_default_window_is_30_days(any_db_app: MetricsApp) -> None:
+    await seed_scenario(any_db_app.feed)
+    doc = await kpis(any_db_app)
     assert doc["window"] == "30d"
     k = doc["kpis"]
 
@@ -132,9 +133,9 @@ async def test_platform_kpis_default_window_is_30_days(metrics_app: MetricsApp) 
     assert webhook["latency_p99_ms"] == pytest.approx(298.0)
 
 
-async def test_window_all_and_7d(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
-    k_all = (await kpis(metrics_app, "all"))["kpis"]
+async def test_window_all_and_7d(any_db_app: MetricsApp) -> None:
+    await seed_scenario(any_db_app.feed)
+    k_all = (await kpis(any_db_app, "all"))["kpis"]
     assert k_all["api_availability"]["value"] == pytest.approx(100 * (5000 - 101) / 5000)
     assert k_all["api_availability"]["status"] == "breached"
     assert k_all["api_availability"]["error_budget_remaining"] == pytest.approx(1 - 101 / 5.0)
@@ -147,7 +148,7 @@ async def test_window_all_and_7d(metrics_app: MetricsApp) -> None:
     assert k_all["time_to_partnership_days"]["status"] == "met"
     assert k_all["partner_retention"]["value"] == pytest.approx(100 * 2 / 3)
 
-    k7 = (await kpis(metrics_app, "7d"))["kpis"]
+    k7 = (await kpis(any_db_app, "7d"))["kpis"]
     assert k7["api_availability"]["value"] == pytest.approx(100.0)
     # Last 7 days: i1 all up, i2 up since day -4.
     assert k7["integration_uptime"]["value"] == pytest.approx(100.0)
@@ -157,18 +158,18 @@ async def test_window_all_and_7d(metrics_app: MetricsApp) -> None:
     assert k7["time_to_partnership_days"]["status"] == "no_data"
 
 
-async def test_window_edges_are_exclusive_at_the_start(metrics_app: MetricsApp) -> None:
-    emit = metrics_app.feed.emit
+async def test_window_edges_are_exclusive_at_the_start(any_db_app: MetricsApp) -> None:
+    emit = any_db_app.feed.emit
     await emit(traffic("p1", 100, 100), NOW - timedelta(days=7))  # exactly at the start: outside
     await emit(traffic("p1", 100, 0), NOW - timedelta(days=7) + timedelta(seconds=1))  # just inside
-    k7 = (await kpis(metrics_app, "7d"))["kpis"]
+    k7 = (await kpis(any_db_app, "7d"))["kpis"]
     assert k7["api_availability"]["value"] == pytest.approx(100.0)
     assert k7["api_availability"]["sample_size"] == 100
-    k30 = (await kpis(metrics_app, "30d"))["kpis"]
+    k30 = (await kpis(any_db_app, "30d"))["kpis"]
     assert k30["api_availability"]["value"] == pytest.approx(50.0)
     # The clock moves on: a second later the in-window event is exactly at the edge.
-    metrics_app.clock.advance(1)
-    k7 = (await kpis(metrics_app, "7d"))["kpis"]
+    any_db_app.clock.advance(1)
+    k7 = (await kpis(any_db_app, "7d"))["kpis"]
     assert k7["api_availability"]["status"] == "no_data"
 
 
@@ -199,9 +200,9 @@ async def test_no_data_everywhere_on_an_empty_platform(metrics_app: MetricsApp) 
     }
 
 
-async def test_partner_kpis(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
-    response = await metrics_app.http.get("/v1/kpis/partners/p1", headers=metrics_app.partner("p1"))
+async def test_partner_kpis(any_db_app: MetricsApp) -> None:
+    await seed_scenario(any_db_app.feed)
+    response = await any_db_app.http.get("/v1/kpis/partners/p1", headers=any_db_app.partner("p1"))
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["partner_id"] == "p1"
@@ -218,8 +219,8 @@ async def test_partner_kpis(metrics_app: MetricsApp) -> None:
     assert k["partner_retention"]["value"] == pytest.approx(100.0)
     assert k["webhook_delivery_success"]["value"] == pytest.approx(100.0)
 
-    response = await metrics_app.http.get(
-        "/v1/kpis/partners/p1", params={"window": "all"}, headers=metrics_app.ops()
+    response = await any_db_app.http.get(
+        "/v1/kpis/partners/p1", params={"window": "all"}, headers=any_db_app.ops()
     )
     k = response.json()["kpis"]
     assert k["time_to_integration_days"]["value"] == pytest.approx(45.0)
@@ -228,7 +229,7 @@ async def test_partner_kpis(metrics_app: MetricsApp) -> None:
 
 
 async def test_a_partner_reads_only_its_own_kpis(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
+    await seed_scenario(metrics_app.feed)
     other = await metrics_app.http.get("/v1/kpis/partners/p2", headers=metrics_app.partner("p1"))
     assert other.status_code == 404
     assert other.headers["content-type"].startswith("application/problem+json")
@@ -294,11 +295,11 @@ async def test_kpis_need_the_kpis_read_scope(metrics_app: MetricsApp) -> None:
     assert response.status_code == 401
 
 
-async def test_daily_series(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
-    response = await metrics_app.http.get(
+async def test_daily_series(any_db_app: MetricsApp) -> None:
+    await seed_scenario(any_db_app.feed)
+    response = await any_db_app.http.get(
         "/v1/kpis/series", params={"days": 30, "kpi": ["integration_success_rate", "integration_uptime"]},
-        headers=metrics_app.ops(),
+        headers=any_db_app.ops(),
     )
     assert response.status_code == 200, response.text
     doc = response.json()
@@ -319,9 +320,9 @@ async def test_daily_series(metrics_app: MetricsApp) -> None:
     assert uptime["2026-06-09"]["value"] is None
 
 
-async def test_worst_partners_and_funnel(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
-    response = await metrics_app.http.get("/v1/kpis/worst", params={"window": "all"}, headers=metrics_app.ops())
+async def test_worst_partners_and_funnel(any_db_app: MetricsApp) -> None:
+    await seed_scenario(any_db_app.feed)
+    response = await any_db_app.http.get("/v1/kpis/worst", params={"window": "all"}, headers=any_db_app.ops())
     assert response.status_code == 200, response.text
     worst = response.json()["kpis"]
     assert [(e["partner_id"], e["name"]) for e in worst["api_availability"]] == [("p1", "Acme"), ("p2", "Globex")]
@@ -331,7 +332,7 @@ async def test_worst_partners_and_funnel(metrics_app: MetricsApp) -> None:
     assert [e["partner_id"] for e in worst["time_to_integration_days"]] == ["p1", "p2"]
     assert [e["partner_id"] for e in worst["partner_retention"]] == ["p2", "p1", "p3"]
 
-    funnel = (await metrics_app.http.get("/v1/kpis/funnel", headers=metrics_app.ops())).json()
+    funnel = (await any_db_app.http.get("/v1/kpis/funnel", headers=any_db_app.ops())).json()
     assert funnel["counts"]["active"] == 1  # p1
     assert funnel["counts"]["terminated"] == 1  # p2
     assert funnel["counts"]["signed"] == 1  # p3
@@ -339,7 +340,7 @@ async def test_worst_partners_and_funnel(metrics_app: MetricsApp) -> None:
 
 
 async def test_prometheus_text(metrics_app: MetricsApp) -> None:
-    await seed_scenario(metrics_app)
+    await seed_scenario(metrics_app.feed)
     response = await metrics_app.http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -379,3 +380,24 @@ async def test_admin_consumers_lists_every_projection(metrics_app: MetricsApp) -
     # No internal client configured here: source heads are unknown, so is the lag.
     assert uptime["sources"][0]["head"] is None
     assert uptime["sources"][0]["lag"] is None
+
+
+async def test_rebuild_reaches_the_live_rows_on_every_database(any_db_app: MetricsApp) -> None:
+    """The same rebuild as test_rebuild.py, reading the source stores directly (SQLite and PostgreSQL)."""
+    from services.metrics.projections import PROJECTIONS
+    from services.metrics.rebuild import Rebuilder
+    from tests.metrics.test_rebuild import read_model_rows
+
+    await seed_scenario(any_db_app.feed)
+    engine = any_db_app.app.state.engine
+    before_rows = await read_model_rows(engine)
+    before = await kpis(any_db_app, "all")
+    result = await Rebuilder(
+        engine, any_db_app.feed.logs(), list(PROJECTIONS.values()), now=any_db_app.clock.now, retire_after=0
+    ).run()
+    assert result.generations == dict.fromkeys(PROJECTIONS, 2)
+    assert await read_model_rows(engine) == before_rows
+    after = await kpis(any_db_app, "all")
+    assert after["kpis"] == before["kpis"]
+    # No live subscription ran here: as_of now comes from the rebuild's floors.
+    assert after["as_of"] == {"onboarding": 7, "lifecycle": 31, "gateway": 3}

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from services.metrics.app import create_app
 from services.runtime.clock import ManualClock
 from services.runtime.settings import Settings
-from tests.metrics.conftest import NOW, Feed, MetricsApp
+from tests.metrics.conftest import NOW, Feed, source_stores
 from tests.metrics.live import Served, free_port, serve
 from tests.metrics.test_api import seed_scenario
 from tests.support.tokens import TestIssuer
@@ -47,8 +48,9 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Served, TestIssuer]]:
     app.state.verifier.set_keys(issuer.keyset)
     running = await serve(app, free_port())
     try:
-        # The same hand-computed scenario as test_api.py.
-        await seed_scenario(MetricsApp(app, None, issuer, app.state.clock, Feed(app.state.engine), settings))  # type: ignore[arg-type]
+        async with source_stores(tmp_path) as stores:
+            # The same hand-computed scenario as test_api.py.
+            await seed_scenario(Feed(app.state.engine, stores))
         yield running, issuer
     finally:
         await running.stop()
@@ -81,7 +83,10 @@ async def test_dashboard_draws_kpis_trends_worst_partners_and_lag(
             page.on("request", lambda request: requests.append(request.url))
 
             await page.goto(f"{running.url}/dashboard#token={token}")
-            await page.wait_for_selector("body[data-loaded]", timeout=15_000)
+            try:
+                await page.wait_for_selector("body[data-loaded]", timeout=15_000)
+            except PlaywrightTimeout:
+                raise AssertionError(f"the page never loaded its data; script errors: {errors}") from None
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert errors == []
             # Everything came from this origin: no CDN; the token left the address bar.

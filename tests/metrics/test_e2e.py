@@ -201,6 +201,7 @@ async def test_uptime_and_webhook_kpis_come_from_the_platforms_own_workers(platf
             ),
             201,
         )
+        await ok(await ops.post(f"/v1/integrations/{integration['id']}/attempts", json={"outcome": "succeeded"}))
         await ok(await ops.post(f"/v1/integrations/{integration['id']}/go-live", json={}))
 
         async def reflected() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from services.runtime.pagination import encode_cursor
 from tests.webhooks.conftest import Harness, HarnessFactory
 from tests.webhooks.receiver import Receiver
 
@@ -201,6 +202,10 @@ async def test_bad_patch_and_query_input(harness: Harness, receiver: Receiver) -
     assert (await harness.client.patch(url, json={"disabled": "maybe"}, headers=me)).status_code == 422
     assert (await harness.client.patch(url, json={"event_types": ["client.*"]}, headers=me)).status_code == 422
     assert (await harness.client.get(PATH, params={"cursor": "!!!"}, headers=me)).status_code == 422
+    for position in ({"c": "2020-01-01T00:00:00", "i": "ep_x"}, {"c": "0001-01-01T00:00:00+14:00", "i": "ep_x"}, {"c": 5, "i": "ep_x"}, {"c": "2020-01-01T00:00:00Z", "i": 7}, {"x": 1}):
+        for path in (PATH, f"{url}/messages"):
+            bad = await harness.client.get(path, params={"cursor": encode_cursor(position)}, headers=me)
+            assert bad.status_code == 422 and bad.json()["title"] == "Invalid Cursor", (path, position)
     assert (await harness.client.get(PATH, params={"limit": 0}, headers=me)).status_code == 422
     assert (await harness.client.get(f"{url}/messages", params={"status": "lost"}, headers=me)).status_code == 422
     assert (await harness.client.get(f"{PATH}/{'x' * 300}", headers=me)).status_code == 404
@@ -215,6 +220,8 @@ async def test_recover_validates_since(harness: Harness, receiver: Receiver) -> 
     assert (await harness.client.post(url, json={"since": future}, headers=me)).status_code == 422
     assert (await harness.client.post(url, json={"since": "2026-01-01T00:00:00"}, headers=me)).status_code == 422
     assert (await harness.client.post(url, json={}, headers=me)).status_code == 422
+    for extreme in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        assert (await harness.client.post(url, json={"since": extreme}, headers=me)).status_code == 422, extreme
     done = await harness.client.post(url, json={"since": "2020-01-01T00:00:00Z"}, headers=me)
     assert done.status_code == 202 and done.json()["recovered"] == 0
 

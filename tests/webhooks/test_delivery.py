@@ -337,6 +337,7 @@ async def test_a_redispatched_event_is_stored_once(harness: Harness, receiver: R
 
 
 async def test_queue_depth_is_exposed(harness: Harness, receiver: Receiver) -> None:
+    from services.lifecycle.webhooks.metrics import prometheus_lines, queue_depths
     from services.lifecycle.webhooks.repository import pending_depths
 
     endpoint = await harness.create_endpoint("p-1", receiver.url("/depth"))
@@ -347,6 +348,11 @@ async def test_queue_depth_is_exposed(harness: Harness, receiver: Receiver) -> N
     assert await pending_depths(harness.runtime.engine) == {endpoint["id"]: 4}
     shown = (await harness.client.get(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=harness.ops)).json()
     assert shown["pending_messages"] == 4
+    quiet = await harness.create_endpoint("p-2", receiver.url("/quiet"))
+    depths = {d.endpoint_id: d.pending for d in await queue_depths(harness.runtime.engine)}
+    assert depths == {endpoint["id"]: 4, quiet["id"]: 0}
+    text = "\n".join(prometheus_lines(await queue_depths(harness.runtime.engine)))
+    assert f'partnerhub_webhook_pending_messages{{endpoint_id="{endpoint["id"]}",partner_id="p-1",disabled="false"}} 4' in text
 
 
 # --- helpers ----------------------------------------------------------------------------------

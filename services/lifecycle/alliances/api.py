@@ -35,7 +35,14 @@ from services.lifecycle.http import AppClock, Engine, Store, command_errors, pre
 from services.lifecycle.tables import alliances
 from services.runtime.auth import Identity, require_scopes, visible_partner
 from services.runtime.commands import metadata_for, resolve_occurred_at, set_etag
-from services.runtime.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from services.runtime.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    cursor_int,
+    decode_cursor,
+    encode_cursor,
+)
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
 
 router = APIRouter(prefix="/v1/alliances", tags=["alliances"])
@@ -189,7 +196,7 @@ async def list_alliances(
     if phase is not None:
         query = query.where(alliances.c.phase == phase)
     if after is not None:
-        query = query.where(alliances.c.seq > int(after.get("seq", 0)))
+        query = query.where(alliances.c.seq > cursor_int(after, "seq"))
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     items = [AllianceSummary.model_validate(dict(row._mapping)) for row in rows[:limit]]

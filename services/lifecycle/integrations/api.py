@@ -51,7 +51,14 @@ from services.lifecycle.projection import integration_from_row
 from services.lifecycle.tables import integrations
 from services.runtime.auth import Identity, require_scopes, visible_partner
 from services.runtime.commands import metadata_for, resolve_occurred_at, set_etag
-from services.runtime.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from services.runtime.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    cursor_int,
+    decode_cursor,
+    encode_cursor,
+)
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"])
@@ -115,7 +122,11 @@ async def register(
     return present(state)
 
 
-@router.get("", response_model=Page[IntegrationOut])
+@router.get(
+    "",
+    response_model=Page[IntegrationOut],
+    responses={404: {"description": "`partner_id` names another partner (partner clients)", **PROBLEM_SCHEMA}},
+)
 async def list_integrations(
     caller: Reader,
     engine: Engine,
@@ -139,7 +150,7 @@ async def list_integrations(
     if kind is not None:
         query = query.where(integrations.c.kind == kind)
     if after is not None:
-        query = query.where(integrations.c.seq > int(after.get("seq", 0)))
+        query = query.where(integrations.c.seq > cursor_int(after, "seq"))
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     items = [present(integration_from_row(row._mapping)) for row in rows[:limit]]

@@ -15,6 +15,7 @@ from services.lifecycle.integrations.domain import (
     IntegrationStatus,
     SlaStatus,
 )
+from services.runtime.text import OneLine
 
 # --- bodies -----------------------------------------------------------------------------
 
@@ -30,7 +31,7 @@ class RegisterBody(_Body):
         default=None, min_length=1, max_length=100, description="ops only: the partner it belongs to"
     )
     kind: IntegrationKind
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     health_url: str | None = Field(default=None, max_length=2048, description="http(s) URL the prober calls")
     sla_uptime_target_pct: float | None = Field(
         default=None, gt=0, le=100, allow_inf_nan=False, description="default: the partner's agreement, else 99.9"

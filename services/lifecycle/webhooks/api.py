@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextlib
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -212,13 +213,7 @@ def router(service: WebhookService) -> APIRouter:
             if partner_id is not None and partner_id != caller.partner_id:
                 raise not_found("partner", partner_id)
             partner_id = caller.partner_id
-        position = decode_cursor(cursor)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(str(position["c"])), str(position["i"]))
-            except (KeyError, ValueError) as exc:
-                raise Problem(422, "cursor is not valid; pass next_cursor from a previous page", title="Invalid Cursor") from exc
+        after = _position(cursor)
         rows = await list_endpoints(service.engine, partner_id=partner_id, after=after, limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
         depths = await service.pending([row.id for row in page])
@@ -291,13 +286,7 @@ def router(service: WebhookService) -> APIRouter:
     ) -> Page[MessageOut]:
         """The endpoint's messages, newest first, each with every attempt."""
         endpoint = await endpoint_for(caller, endpoint_id)
-        position = decode_cursor(cursor)
-        before = None
-        if position is not None:
-            try:
-                before = (datetime.fromisoformat(str(position["c"])), str(position["i"]))
-            except (KeyError, ValueError) as exc:
-                raise Problem(422, "cursor is not valid; pass next_cursor from a previous page", title="Invalid Cursor") from exc
+        before = _position(cursor)
         rows = await list_messages(service.engine, endpoint.id, status=status, before=before, limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
         logs = await attempts_of(service.engine, [m.id for m in page])
@@ -313,10 +302,14 @@ def router(service: WebhookService) -> APIRouter:
     async def recover(endpoint_id: str, body: RecoverIn, caller: Writer) -> RecoverOut:
         """Send again every failed message of the endpoint created since `since`."""
         endpoint = await endpoint_for(caller, endpoint_id)
-        if body.since > service.clock.now():
+        try:
+            since = body.since.astimezone(UTC)
+        except OverflowError as exc:
+            raise Problem(422, "since is out of range", title="Validation Failed", type="validation-failed") from exc
+        if since > service.clock.now():
             raise Problem(422, "since is in the future", title="Validation Failed", type="validation-failed")
         _require_enabled(endpoint)
-        recovered = await service.recover(endpoint, since=body.since)
+        recovered = await service.recover(endpoint, since=since)
         return RecoverOut(endpoint_id=endpoint.id, since=body.since, recovered=recovered)
 
     @api.get("/messages/{message_id}", response_model=MessageOut)
@@ -367,6 +360,23 @@ def _require_enabled(endpoint: EndpointRow) -> None:
             state="disabled",
             allowed=["PATCH disabled=false"],
         )
+
+
+def _position(cursor: str | None) -> tuple[datetime, str] | None:
+    """The (created_at, id) key inside a cursor made by this API; 422 for anything else."""
+    position = decode_cursor(cursor)
+    if position is None:
+        return None
+    created_at: datetime | None = None
+    ident = position.get("i")
+    with contextlib.suppress(ValueError, OverflowError):
+        parsed = datetime.fromisoformat(str(position.get("c")))
+        # A naive time, or one outside the representable range in UTC, never reaches SQL.
+        if parsed.tzinfo is not None:
+            created_at = parsed.astimezone(UTC)
+    if created_at is None or not isinstance(ident, str) or len(ident) > 40:
+        raise Problem(422, "cursor is not valid; pass next_cursor from a previous page", title="Invalid Cursor")
+    return created_at, ident
 
 
 def _invalid(exc: InvalidEndpoint) -> Problem:

@@ -233,6 +233,27 @@ async def claim_due(
     return claimed
 
 
+async def due_messages(
+    engine: AsyncEngine, endpoint_id: str, *, now: datetime, limit: int, exclude: Iterable[str] = ()
+) -> list[MessageRow]:
+    """Up to `limit` due messages of the endpoint, oldest due first, leaving out `exclude`."""
+    query = (
+        select(messages)
+        .where(
+            messages.c.endpoint_id == endpoint_id,
+            messages.c.status == "pending",
+            messages.c.next_attempt_at <= now,
+        )
+        .order_by(messages.c.next_attempt_at, messages.c.created_at)
+        .limit(limit)
+    )
+    excluded = list(exclude)
+    if excluded:
+        query = query.where(messages.c.id.not_in(excluded))
+    async with engine.connect() as conn:
+        return [MessageRow.of(row) for row in (await conn.execute(query)).all()]
+
+
 async def make_due(engine: AsyncEngine, message_ids: Sequence[str], *, now: datetime) -> None:
     """End the lease of claimed messages that were never attempted."""
     async with engine.begin() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from yarl import URL
 from services.lifecycle.webhooks.domain import (
     RESPONSE_READ_CAP,
     AttemptResult,
+    Destination,
     InvalidEndpoint,
     parse_destination,
     parse_retry_after,
@@ -77,16 +79,14 @@ class Sender:
             )
 
         try:
-            destination = parse_destination(url)
+            destination = _destination(url)
         except InvalidEndpoint as exc:
             return result(None, f"invalid url: {exc}")
         try:
             async with asyncio.timeout(self.timeout):
                 addresses = await self.guard.check(destination)
                 # Connect to the checked address; Host and SNI (and certificate checks) keep the name.
-                address = addresses[0]
-                literal = f"[{address}]" if ":" in address else address
-                pinned = URL(f"{destination.scheme}://{literal}:{destination.port}{destination.target}", encoded=True)
+                pinned = _pinned_url(destination, addresses[0])
                 request_headers = {**headers, "Host": destination.host_header, "User-Agent": USER_AGENT}
                 async with self._session.post(
                     pinned,
@@ -113,6 +113,18 @@ class Sender:
             return result(None, f"connection failed: {exc.__class__.__name__}: {exc}"[:500])
         except aiohttp.ClientError as exc:
             return result(None, f"request failed: {exc.__class__.__name__}: {exc}"[:500])
+
+
+@functools.lru_cache(maxsize=4096)
+def _destination(url: str) -> Destination:
+    return parse_destination(url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pinned_url(destination: Destination, address: str) -> URL:
+    """The URL with its host replaced by the checked address."""
+    literal = f"[{address}]" if ":" in address else address
+    return URL(f"{destination.scheme}://{literal}:{destination.port}{destination.target}", encoded=True)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> str:

@@ -11,6 +11,7 @@ answer that changes between the check and the connection (rebinding) cannot redi
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -76,6 +77,18 @@ def _embedded(ip: IPAddress) -> list[IPAddress]:
     return inner
 
 
+_UNKNOWN = "?"
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 class SsrfGuard:
     """Decides which addresses a webhook may be sent to."""
 
@@ -90,6 +103,17 @@ class SsrfGuard:
         self._resolve = resolve
         self._cache_ttl = cache_ttl
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._verdicts: dict[str, str | None] = {}
+        self._listed_cache: dict[str, bool] = {}
+
+    def _listed(self, address: str) -> bool:
+        listed = self._listed_cache.get(address)
+        if listed is None:
+            listed = self.allow_listed(ipaddress.ip_address(address.split("%", 1)[0]))
+            if len(self._listed_cache) > 10_000:
+                self._listed_cache.clear()
+            self._listed_cache[address] = listed
+        return listed
 
     def allow_listed(self, ip: IPAddress) -> bool:
         """Whether `ip` lies inside an allow-listed network."""
@@ -97,6 +121,16 @@ class SsrfGuard:
 
     def refusal(self, address: str) -> str | None:
         """What kind of forbidden address `address` is ("private", "loopback", …); None when allowed."""
+        known = self._verdicts.get(address, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
+        verdict = self._refusal(address)
+        if len(self._verdicts) > 10_000:
+            self._verdicts.clear()
+        self._verdicts[address] = verdict
+        return verdict
+
+    def _refusal(self, address: str) -> str | None:
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
@@ -124,19 +158,13 @@ class SsrfGuard:
                 if address != destination.host:
                     what = f"{destination.host} resolves to {what}"
                 raise Refused(f"{what}, outside PARTNERHUB_WEBHOOK_ALLOW_NETS")
-        if destination.scheme == "http":
-            for address in addresses:
-                if not self.allow_listed(ipaddress.ip_address(address.split("%", 1)[0])):
-                    raise Refused("https is required (plain http only to allow-listed networks)")
+        if destination.scheme == "http" and not all(self._listed(address) for address in addresses):
+            raise Refused("https is required (plain http only to allow-listed networks)")
         return addresses
 
     async def _addresses(self, destination: Destination) -> list[str]:
         host = destination.host
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            pass
-        else:
+        if _is_literal(host):
             return [host]
         key = (host, destination.port)
         cached = self._cache.get(key)

@@ -3,17 +3,22 @@
 The due-time queue is SQL (`webhook_messages.next_attempt_at`). A scheduler loop finds
 endpoints with due messages and starts a worker task for each (the dispatcher wakes them
 directly when it stores new messages). A worker claims due messages of its endpoint in
-batches under a lease, sends up to the endpoint's concurrency at once (one at a time
-while the endpoint is failing), and exits when its endpoint has nothing due. Outcomes
-are recorded by an `OutcomeWriter`, batched across endpoints.
+batches, sends up to the endpoint's concurrency at once (one at a time while the
+endpoint is failing), and exits when its endpoint has nothing due. Outcomes are
+recorded by an `OutcomeWriter`, batched across endpoints.
+
+Claims: on PostgreSQL (where several replicas may run) a claim leases the rows by
+moving `next_attempt_at` past the time their attempts can take; on SQLite (one process
+by construction) a claim only reads, and the process remembers what it holds, so
+deliveries add no write contention to the single-writer database.
 
 Isolation: an endpoint's attempts only ever take its own slots (8 by default, 1 while it
 is failing) out of a global bound far larger, and the HTTP client has no shared
 per-host pool to exhaust, so a hanging endpoint delays nobody else.
 
-Restarts: a message is only ever marked done after its attempt ended, so a process that
-dies loses nothing; an attempt that was in flight (or claimed but not yet started) is
-sent again once its lease ends. A clean stop hands claimed-but-unstarted messages back.
+Restarts: a message is only marked done after its attempt ended, so a process that
+dies loses nothing; an attempt that was in flight is sent again after the restart (on
+PostgreSQL once its lease ended). A clean stop hands claimed-but-unstarted messages back.
 """
 
 from __future__ import annotations
@@ -83,8 +88,6 @@ class _Worker:
     """The endpoint changed: reload it."""
     queued: deque[MessageRow] = field(default_factory=deque)
     """Claimed, not yet started."""
-    held: set[str] = field(default_factory=set)
-    """Ids queued or in flight (a claim never takes one twice)."""
     sending: int = 0
     attempts: set[asyncio.Task[None]] = field(default_factory=set)
     exhausted_until: float = 0.0
@@ -121,6 +124,11 @@ class DeliveryWorkers:
         self._rand = rand
         self.outcomes = OutcomeWriter(engine, store)
         self._workers: dict[str, _Worker] = {}
+        # Per endpoint, messages claimed and not yet recorded (a claim never takes one twice).
+        self._held: dict[str, set[str]] = {}
+        # PostgreSQL (possibly several replicas): claims lease rows. SQLite (one process by
+        # construction): claims only read, so deliveries add no write contention there.
+        self._leases = engine.dialect.name != "sqlite"
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -151,6 +159,7 @@ class DeliveryWorkers:
                 await task
         self._loop_task = None
         self._workers.clear()
+        self._held.clear()
         await self.outcomes.close()
         for worker in workers:
             with contextlib.suppress(Exception):
@@ -264,31 +273,48 @@ class DeliveryWorkers:
             return endpoint, not await _wait(worker.wake, self.idle_linger)
         while worker.queued and worker.sending < cap and self._in_flight < self.max_in_flight:
             self._start(worker, endpoint, worker.queued.popleft())
-        await _wait(worker.wake, max(worker.exhausted_until - time.monotonic(), 0.001))
+        # Woken by an attempt ending, new messages or a change; else look again when a short
+        # claim may be repeated, or after a poll interval (messages may have come due).
+        until_claim = worker.exhausted_until - time.monotonic()
+        await _wait(worker.wake, until_claim if until_claim > 0 else self.poll_interval)
         return endpoint, False
 
     async def _claim(self, worker: _Worker, want: int, cap: int) -> int:
         now = self.clock.now()
-        # Long enough for everything this worker holds to be attempted in turn.
-        rounds = math.ceil((worker.sending + len(worker.queued) + want) / cap)
-        lease_until = now + timedelta(seconds=rounds * self.sender.timeout + self.lease_margin)
-        claimed = await repository.claim_due(
-            self.engine, worker.endpoint_id, now=now, lease_until=lease_until, limit=want
-        )
+        held = self._held.setdefault(worker.endpoint_id, set())
+        if self._leases:
+            # Long enough for everything this worker holds to be attempted in turn.
+            rounds = math.ceil((worker.sending + len(worker.queued) + want) / cap)
+            lease_until = now + timedelta(seconds=rounds * self.sender.timeout + self.lease_margin)
+            claimed = await repository.claim_due(
+                self.engine, worker.endpoint_id, now=now, lease_until=lease_until, limit=want
+            )
+        else:
+            claimed = await repository.due_messages(
+                self.engine, worker.endpoint_id, now=now, limit=want, exclude=held
+            )
         self.claims += 1
-        fresh = [m for m in claimed if m.id not in worker.held]
-        worker.held.update(m.id for m in fresh)
+        fresh = [m for m in claimed if m.id not in held]
+        held.update(m.id for m in fresh)
         worker.queued.extend(fresh)
         return len(claimed)
 
     async def _hand_back(self, worker: _Worker) -> None:
-        """Make claimed but unstarted messages due again (the endpoint went away or we stop)."""
+        """Release claimed but unstarted messages (the endpoint went away, or we stop)."""
         if not worker.queued:
             return
         ids = [m.id for m in worker.queued]
         worker.queued.clear()
-        worker.held.difference_update(ids)
-        await repository.make_due(self.engine, ids, now=self.clock.now())
+        self._release(worker.endpoint_id, ids)
+        if self._leases:
+            await repository.make_due(self.engine, ids, now=self.clock.now())
+
+    def _release(self, endpoint_id: str, ids: Iterable[str]) -> None:
+        held = self._held.get(endpoint_id)
+        if held is not None:
+            held.difference_update(ids)
+            if not held:
+                del self._held[endpoint_id]
 
     def _start(self, worker: _Worker, endpoint: _Endpoint, message: MessageRow) -> None:
         worker.sending += 1
@@ -341,7 +367,7 @@ class DeliveryWorkers:
                     log.exception("recording webhook attempt %s failed", message.id)
         finally:
             self._in_flight -= 1
-            worker.held.discard(message.id)
+            self._release(message.endpoint_id, [message.id])
             if self._in_flight == self.max_in_flight - 1:
                 for other in self._workers.values():
                     if other.queued:

@@ -1,0 +1,75 @@
+"""What the fuzzer and the isolation matrix found, kept as plain tests (input cases are in test_limits.py)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.hardening.conftest import Tenant, send
+from tests.support.platform import RunningPlatform, eventually
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.mark.parametrize(
+    ("service", "path", "methods"),
+    [
+        ("onboarding", "/v1/partners", {"GET", "POST"}),
+        ("lifecycle", "/v1/integrations", {"GET", "POST"}),
+        ("lifecycle", "/v1/webhooks/endpoints/ep_x", {"GET", "PATCH", "DELETE"}),
+        ("gateway", "/admin/clients", {"GET", "POST"}),
+        ("gateway", "/admin/clients/c_x", {"GET", "DELETE"}),
+    ],
+)
+async def test_405_names_every_method_of_the_resource(
+    service: str, path: str, methods: set[str], platform: RunningPlatform
+) -> None:
+    """Starlette named only the first route matching the path in `Allow` (RFC 9110 §15.5.6 wants all)."""
+    ops = await platform.ops_http()
+    for base in {platform.gateway, platform.url(service)}:
+        response = await ops.request("PUT", base + path)
+        assert response.status_code == 405, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        allow = {m.strip() for m in response.headers["allow"].split(",")}
+        assert methods <= allow, f"{base}{path}: Allow {allow}"
+
+
+async def test_documents_match_what_the_services_answer(platform: RunningPlatform) -> None:
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        gateway = (await http.get(platform.gateway + "/openapi.json")).json()
+        onboarding = (await http.get(platform.url("onboarding") + "/openapi.json")).json()
+        lifecycle = (await http.get(platform.url("lifecycle") + "/openapi.json")).json()
+        jwks = await http.get(platform.gateway + "/.well-known/jwks.json")
+    # The JWK Set is served as application/jwk-set+json (RFC 7517 §8.5); it was documented as JSON.
+    documented = gateway["paths"]["/.well-known/jwks.json"]["get"]["responses"]["200"]["content"]
+    assert jwks.headers["content-type"].split(";")[0] in documented
+    # Scores are JSON numbers 1–10; the document said "number or string" with no range.
+    score = onboarding["components"]["schemas"]["ScoresIn"]["properties"]["market_position"]
+    assert (score["type"], score["minimum"], score["maximum"]) == ("number", 1, 10)
+    # A partner filtering integrations by another partner gets 404; it was undocumented.
+    assert "404" in lifecycle["paths"]["/v1/integrations"]["get"]["responses"]
+
+
+def partner_labels(text: str) -> set[str]:
+    return set(re.findall(r'partner="([^"]+)"', text))
+
+
+async def test_prometheus_text_shows_a_partner_only_its_own_series(
+    platform: RunningPlatform, tenants: tuple[Tenant, Tenant]
+) -> None:
+    """Through the gateway (kpis:read), /metrics listed every partner's id and KPI values to any partner."""
+    a, b = tenants
+    ops = await platform.ops_http()
+
+    async def ops_sees_both() -> bool:
+        text = (await send(ops, "GET", "/metrics")).text
+        assert {a.partner_id, b.partner_id} <= partner_labels(text)
+        return True
+
+    await eventually(ops_sees_both, timeout=30, interval=0.5)
+    mine = await send(a.http, "GET", "/metrics")
+    assert mine.status_code == 200, mine.text
+    assert partner_labels(mine.text) == {a.partner_id}
+    assert "partnerhub_kpi_value" in mine.text  # platform-wide KPIs stay visible, as in /v1/kpis
