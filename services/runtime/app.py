@@ -78,6 +78,12 @@ def create_service_app(
     """A FastAPI app with the shared conventions of DESIGN.md §4 wired in."""
     settings = runtime.settings
     setup_telemetry(runtime.service, settings)
+    if runtime.service != "gateway":
+        # Zero trust: every service learns revoked tokens and clients from the gateway
+        # (the gateway feeds its own list from its database).
+        from services.runtime.revocations import install_revocations
+
+        install_revocations(runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

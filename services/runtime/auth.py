@@ -263,7 +263,7 @@ def scoped(*scopes: str) -> Any:
     return Annotated[Identity, Depends(require_scopes(*scopes))]
 
 
-def require_ops(identity: Caller) -> Identity:
+async def require_ops(identity: Caller) -> Identity:
     """The caller must be an ops client (scope `admin`)."""
     if not identity.is_ops:
         raise Problem(403, "this call is for ops clients (scope admin)", title="Forbidden")

@@ -129,6 +129,16 @@ class IdempotencyMiddleware:
             )
         if row["status"] is None:
             return problem_response(_in_progress())
+        if row["body"] == _SECRET_WITHHELD:
+            return problem_response(
+                Problem(
+                    409,
+                    f"this request already ran (status {row['status']}); its answer carried a secret that is shown only once",
+                    title="Already Processed",
+                    type="idempotent-secret-withheld",
+                    original_status=row["status"],
+                )
+            )
         return _stored_response(row["status"], row["headers"] or [], row["body"] or "")
 
     async def _settle(self, engine: AsyncEngine, client_id: str, key: str, captured: dict[str, Any]) -> None:
@@ -143,11 +153,19 @@ class IdempotencyMiddleware:
                 for k, v in captured["headers"]
                 if k.lower() in _REPLAYED_HEADERS
             ]
-            await conn.execute(
-                update(idempotency_keys)
-                .where(where)
-                .values(status=status, headers=headers, body=bytes(captured["body"]).decode("utf-8", "replace"))
-            )
+            body = bytes(captured["body"]).decode("utf-8", "replace")
+            if _carries_secret(captured["headers"]):
+                # A response shown once (a client or webhook secret) is never kept: a replay
+                # learns the request already ran, but not the secret.
+                headers, body = [], _SECRET_WITHHELD
+            await conn.execute(update(idempotency_keys).where(where).values(status=status, headers=headers, body=body))
+
+
+_SECRET_WITHHELD = "\x00secret-withheld"
+
+
+def _carries_secret(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"cache-control" and b"no-store" in v.lower() for k, v in headers)
 
 
 def _in_progress() -> Problem:

@@ -232,7 +232,11 @@ async def check_exactly_once(world: World, sent: list[Sent]) -> None:
         assert not missing, f"alliance.started not exactly once for {len(missing)} activated partners: {missing[:5]}"
         return True
 
-    await eventually(one_alliance_each, timeout=60, interval=0.5)
+    try:
+        await eventually(one_alliance_each, timeout=60, interval=0.5)
+    except AssertionError as exc:
+        consumers = (await world.ops.get("/admin/services/lifecycle/consumers")).text
+        raise AssertionError(f"{exc}\nlifecycle consumers: {consumers[:3000]}") from None
 
 
 async def heads(world: World) -> dict[str, int]:

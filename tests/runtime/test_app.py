@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
@@ -57,8 +57,6 @@ def _router() -> APIRouter:
 
     @router.get("/v1/etag")
     async def with_etag(request: Request) -> dict[str, str]:
-        from fastapi import Response
-
         response = Response()
         set_etag(response, 3)
         return {"etag": response.headers["etag"]}
@@ -195,3 +193,31 @@ async def test_cursor_pagination_walks_every_item_once(client) -> None:  # type:
     _is_problem(await http.get("/v1/numbers", params={"cursor": "!!!"}), 422)
     _is_problem(await http.get("/v1/numbers", params={"limit": 0}), 422)
     _is_problem(await http.get("/v1/numbers", params={"limit": 100000}), 422)
+
+
+async def test_responses_with_secrets_are_not_kept_for_replay(tmp_path: Path) -> None:
+    router = APIRouter()
+
+    @router.post("/v1/secrets", status_code=201)
+    async def make_secret(caller: Writer, response: Response) -> dict[str, str]:
+        response.headers["Cache-Control"] = "no-store"
+        return {"secret": "whsec_shown_once"}
+
+    settings = Settings(var_dir=tmp_path)
+    runtime = build_runtime("onboarding", settings)
+    issuer = TestIssuer(settings.token_issuer)
+    runtime.verifier.set_keys(issuer.keyset)
+    app = create_service_app(runtime, title="t", description="t", routers=[router], with_relay=False)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            headers = {**issuer.ops(), "Idempotency-Key": "secret-1"}
+            first = await http.post("/v1/secrets", headers=headers)
+            assert first.json() == {"secret": "whsec_shown_once"}
+            replay = await http.post("/v1/secrets", headers=headers)
+            body = _is_problem(replay, 409)
+            assert body["original_status"] == 201 and "whsec" not in replay.text
+        async with runtime.engine.connect() as conn:
+            from events.schema import idempotency_keys
+
+            stored = (await conn.execute(select(idempotency_keys.c.body))).scalars().all()
+        assert all("whsec" not in (value or "") for value in stored)

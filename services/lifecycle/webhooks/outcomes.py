@@ -43,6 +43,8 @@ class Outcome:
     attempted_at: datetime
     first_attempt_at: datetime
     now: datetime
+    endpoint_was_failing: bool = False
+    """Whether the endpoint had a failure record before this attempt (its row changes only on a change)."""
     events: list[DomainEvent] = field(default_factory=list)
     done: asyncio.Future[bool] | None = None
 
@@ -129,47 +131,65 @@ class OutcomeWriter:
                 await effects(conn)
 
 
-async def _write_rows(conn: AsyncConnection, batch: list[Outcome]) -> None:
-    ids = [o.message.id for o in batch]
-    current = (
-        await conn.execute(
-            select(messages.c.id, messages.c.run, messages.c.status).where(messages.c.id.in_(ids)).with_for_update()
-        )
-    ).all()
-    found = {row.id: (row.run, row.status) for row in current}
-    stale = {o.message.id for o in batch if found.get(o.message.id) != (o.message.run, "pending")}
-    if stale:
-        raise _Stale(stale)
-    await conn.execute(
-        update(messages)
-        .where(messages.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            attempts=bindparam("b_attempts"),
-            next_attempt_at=bindparam("b_next"),
-            first_attempt_at=bindparam("b_first"),
-            delivered_at=bindparam("b_delivered"),
-            last_status_code=bindparam("b_code"),
-            last_error=bindparam("b_error"),
-            updated_at=bindparam("b_now"),
-        ),
-        [
-            {
-                "b_id": o.message.id,
-                "b_status": o.decision.status,
-                "b_attempts": o.message.attempts + 1,
-                "b_next": o.decision.next_attempt_at,
-                "b_first": o.first_attempt_at,
-                "b_delivered": o.now if o.decision.status == "delivered" else None,
-                "b_code": o.result.status_code,
-                "b_error": _error(o.result),
-                "b_now": o.now,
-            }
-            for o in batch
-        ],
+_UPDATE_MESSAGE = (
+    update(messages)
+    .where(messages.c.id == bindparam("b_id"), messages.c.run == bindparam("b_run"), messages.c.status == "pending")
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        first_attempt_at=bindparam("b_first"),
+        delivered_at=bindparam("b_delivered"),
+        last_status_code=bindparam("b_code"),
+        last_error=bindparam("b_error"),
+        updated_at=bindparam("b_now"),
     )
+)
+
+
+async def _write_rows(conn: AsyncConnection, batch: list[Outcome]) -> None:
+    rows = [
+        {
+            "b_id": o.message.id,
+            "b_run": o.message.run,
+            "b_status": o.decision.status,
+            "b_attempts": o.message.attempts + 1,
+            "b_next": o.decision.next_attempt_at,
+            "b_first": o.first_attempt_at,
+            "b_delivered": o.now if o.decision.status == "delivered" else None,
+            "b_code": o.result.status_code,
+            "b_error": _error(o.result),
+            "b_now": o.now,
+        }
+        for o in batch
+    ]
+    if conn.dialect.supports_sane_multi_rowcount:
+        # SQLite (one writer): the guarded update tells whether every message was still as claimed.
+        result = await conn.execute(_UPDATE_MESSAGE, rows)
+        if result.rowcount != len(batch):
+            raise _Stale(await _stale(conn, batch, check_status=False))
+    else:
+        # PostgreSQL: lock the rows, find any that changed, then update.
+        stale = await _stale(conn, batch, check_status=True)
+        if stale:
+            raise _Stale(stale)
+        await conn.execute(_UPDATE_MESSAGE, rows)
     await _log_attempts(conn, batch)
     await _update_endpoints(conn, batch)
+
+
+async def _stale(conn: AsyncConnection, batch: list[Outcome], *, check_status: bool) -> set[str]:
+    """Messages deleted, resent or recovered (or, with `check_status`, recorded) since their claim."""
+    query = select(messages.c.id, messages.c.run, messages.c.status).where(
+        messages.c.id.in_([o.message.id for o in batch])
+    )
+    found = {row.id: row for row in (await conn.execute(query.with_for_update())).all()}
+    stale = set()
+    for outcome in batch:
+        row = found.get(outcome.message.id)
+        if row is None or row.run != outcome.message.run or (check_status and row.status != "pending"):
+            stale.add(outcome.message.id)
+    return stale
 
 
 async def _log_attempts(conn: AsyncConnection, batch: list[Outcome], *, only_existing: bool = False) -> None:
@@ -202,11 +222,12 @@ async def _update_endpoints(conn: AsyncConnection, batch: list[Outcome]) -> None
     ep = endpoints.c
     for endpoint_id, outcomes in by_endpoint.items():
         last = outcomes[-1]
-        if last.decision.status == "delivered":
+        # Only a change of the failure record costs a statement (a healthy endpoint: none).
+        if last.decision.status == "delivered" and any(o.endpoint_was_failing for o in outcomes):
             await conn.execute(
                 update(endpoints).where(ep.id == endpoint_id, ep.failing_since.is_not(None)).values(failing_since=None)
             )
-        else:
+        elif last.decision.status != "delivered" and not all(o.endpoint_was_failing for o in outcomes):
             await conn.execute(
                 update(endpoints)
                 .where(ep.id == endpoint_id, ep.failing_since.is_(None))

@@ -397,9 +397,12 @@ class DeliveryWorkers:
         if disable:
             endpoint.row = replace(endpoint.row, disabled=True)
             self.endpoint_changed(endpoint.row.id)
+        was_failing = endpoint.failing_since is not None
         endpoint.failing_since = decision.failing_since
         first_attempt_at = message.first_attempt_at or attempted_at
-        outcome = Outcome(message, result, decision, attempted_at, first_attempt_at, now)
+        outcome = Outcome(
+            message, result, decision, attempted_at, first_attempt_at, now, endpoint_was_failing=was_failing
+        )
         if decision.status == "delivered":
             latency = (now - first_attempt_at).total_seconds() * 1000
             outcome.events.append(
