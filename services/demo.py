@@ -129,8 +129,9 @@ async def run_demo(gateway: str, client_id: str, client_secret: str, *, seed: in
         with Progress(console=console) as progress:
             task = progress.add_task("onboarding partners", total=len(PORTFOLIO))
             for index, (name, category, mark) in enumerate(PORTFOLIO):
-                applied = now - timedelta(days=175 - index * 9, hours=rng.randint(0, 20))
+                applied = now - timedelta(days=175 - index * 14, hours=rng.randint(0, 20))
                 t = applied
+                latest = now - timedelta(hours=2)
                 slug = name.lower().split()[0]
                 partner = await ops.call("POST", "/v1/partners", {
                     "name": name, "website": f"https://{slug}.example", "category": category,
@@ -138,17 +139,17 @@ async def run_demo(gateway: str, client_id: str, client_secret: str, *, seed: in
                 })
                 pid = partner["id"]
                 partners.append(pid)
-                t += timedelta(days=rng.randint(3, 8))
+                t = min(t + timedelta(days=rng.randint(3, 8)), latest)
                 result = await ops.call("POST", f"/v1/partners/{pid}/assessment", {"scores": dict.fromkeys(CRITERIA, mark), "occurred_at": _iso(t)})
                 for phase in ("initial_screening", "detailed_evaluation", "final_assessment"):
-                    t += timedelta(days=rng.randint(2, 6))
+                    t = min(t + timedelta(days=rng.randint(2, 6)), latest)
                     await ops.call("POST", f"/v1/partners/{pid}/due-diligence", {"phase": phase, "passed": True, "findings": "no blocking findings", "occurred_at": _iso(t)})
-                t += timedelta(days=rng.randint(1, 4))
+                t = min(t + timedelta(days=rng.randint(1, 4)), latest)
                 await ops.call("POST", f"/v1/partners/{pid}/approvals", {"decision": "approve", "comment": "fits the portfolio", "occurred_at": _iso(t)})
                 if result["recommended_tier"] == "strategic":
-                    t += timedelta(hours=6)
+                    t = min(t + timedelta(hours=6), latest)
                     await approver2.call("POST", f"/v1/partners/{pid}/approvals", {"decision": "approve", "comment": "board approval", "occurred_at": _iso(t)})
-                t += timedelta(days=rng.randint(5, 15))
+                t = min(t + timedelta(days=rng.randint(5, 15)), latest)
                 signed = t
                 await ops.call("POST", f"/v1/partners/{pid}/agreement", {
                     "agreement_type": rng.choice(["joint_development", "technology_licensing", "platform_integration"]),
@@ -156,7 +157,7 @@ async def run_demo(gateway: str, client_id: str, client_secret: str, *, seed: in
                     "sla": {"uptime_target_pct": 99.9, "integration_success_target_pct": 95.0, "time_to_integration_target_days": 60},
                     "occurred_at": _iso(t),
                 })
-                t += timedelta(days=rng.randint(2, 10))
+                t = min(t + timedelta(days=rng.randint(2, 10)), latest)
                 await ops.call("POST", f"/v1/partners/{pid}/activate", {"occurred_at": _iso(t)})
                 progress.advance(task)
 
@@ -166,7 +167,7 @@ async def run_demo(gateway: str, client_id: str, client_secret: str, *, seed: in
                 partner = await ops.call("GET", f"/v1/partners/{pid}")
                 history = await ops.call("GET", f"/v1/partners/{pid}/events?limit=200")
                 last = max(datetime.fromisoformat(e["time"].replace("Z", "+00:00")) for e in history["items"])
-                t = max(last, (await _alliance_time(ops, pid))) + timedelta(days=1)
+                t = min(max(last, await _alliance_time(ops, pid)) + timedelta(days=1), now - timedelta(minutes=8))
                 health = f"http://127.0.0.1:{port}/health/{pid}{'-down' if index == 3 else ''}"
                 integration = await ops.call("POST", "/v1/integrations", {
                     "partner_id": pid, "kind": KINDS[index % 4], "name": f"{partner['name']} {KINDS[index % 4]}",
@@ -174,7 +175,7 @@ async def run_demo(gateway: str, client_id: str, client_secret: str, *, seed: in
                 })
                 iid = integration["id"]
                 for attempt in range(rng.randint(3, 7)):
-                    t += timedelta(days=rng.randint(1, 6))
+                    t = min(t + timedelta(days=rng.randint(1, 6)), now - timedelta(minutes=6))
                     outcome = "failed" if attempt == 0 and rng.random() < 0.6 else "succeeded"
                     await ops.call("POST", f"/v1/integrations/{iid}/attempts", {"outcome": outcome, "detail": "sandbox run", "duration_ms": rng.randint(80, 900), "occurred_at": _iso(t)})
                 t = min(t + timedelta(days=rng.randint(1, 10)), now - timedelta(minutes=5))

@@ -42,8 +42,12 @@ async def execute(
     return new_state, recorded
 
 
-async def start(store: EventStore, command: Start, *, event_id: str, metadata: EventMetadata) -> bool:
+async def start(
+    store: EventStore, command: Start, *, event_id: str, metadata: EventMetadata, occurred_at: datetime | None = None
+) -> bool:
     """Start an alliance; False (and nothing appended) when it had already started.
+
+    `occurred_at` is the activation's time, so an imported history stays in order.
 
     Idempotent under at-least-once delivery: the stream must not exist yet
     (expected version 0) and the event id is derived from the triggering event, so a
@@ -54,7 +58,7 @@ async def start(store: EventStore, command: Start, *, event_id: str, metadata: E
         await store.append(
             stream_id=stream_of(command.partner_id),
             expected_version=0,
-            events=[NewEvent(e, event_id=event_id) for e in events],
+            events=[NewEvent(e, event_id=event_id, occurred_at=occurred_at) for e in events],
             metadata=metadata,
             effects=project,
         )

@@ -62,6 +62,7 @@ class AllianceReactor:
                 self._store,
                 Start(partner_id=event.partner_id, tier=event.tier, ends_on=event.ends_on),
                 event_id=started_event_id(recorded.event_id),
+                occurred_at=recorded.occurred_at,
                 metadata=EventMetadata(
                     actor=NAME,
                     correlation_id=recorded.correlation_id or recorded.event_id,
