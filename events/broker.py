@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -169,7 +168,6 @@ class EmbeddedBroker:
                 # Own session: a Ctrl-C meant for the CLI must not kill the broker before
                 # the services that use it have shut down; `stop()` ends it.
                 start_new_session=True,
-                env=os.environ.copy(),
             )
         except OSError as exc:
             self._forget()

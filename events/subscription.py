@@ -274,6 +274,7 @@ class Subscription:
         self._traced_explicitly = tracer_provider is not None
 
         self._checkpoints: dict[str, dict[int, int]] = {s: {} for s in self.sources}
+        self._rows_exist = False
         self._watermarks: dict[str, _Watermark] = {s: _Watermark() for s in self.sources}
         self._offsets: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -431,8 +432,14 @@ class Subscription:
     async def _close_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 10)
+            # With the broker gone, aiokafka's stop() can end in a CancelledError of its own
+            # (it cancels a fetch task backing off and awaits it); awaited directly, that
+            # ended this subscription's task for good (tests/hardening/test_regressions.py).
+            closing = asyncio.ensure_future(consumer.stop())
+            closing.add_done_callback(lambda task: task.cancelled() or task.exception())
+            await asyncio.wait({closing}, timeout=10)
+            if not closing.done():
+                closing.cancel()
 
     async def _follow(self) -> None:
         consumer = self._consumer
@@ -792,6 +799,17 @@ class Subscription:
     # --- checkpoints --------------------------------------------------------------------
 
     async def _load_checkpoints(self) -> None:
+        if not self._rows_exist:
+            # Rows to lock: two replicas must never both find "no checkpoint yet" and
+            # apply the same first event.
+            rows = [
+                {"subscription": self.name, "source": source, "partition": partition, "position": 0}
+                for source, info in self.sources.items()
+                for partition in range(info.partitions)
+            ]
+            async with self.engine.begin() as conn:
+                await upsert_positions(conn, checkpoints, ["subscription", "source", "partition"], rows, now=self._now())
+            self._rows_exist = True
         async with self.engine.connect() as conn:
             current = await self._read_checkpoints(conn, list(self.sources), lock=False)
         for (source, partition), position in current.items():

@@ -35,6 +35,7 @@ from tests.events.conftest import (
     applied,
     log_client,
     log_token,
+    postgres_engine,
     read_topic,
     sqlite_engine,
     wait_until,
@@ -380,3 +381,25 @@ async def test_one_trace_runs_from_the_origin_through_the_relay_into_the_consume
     assert [link.context.span_id for link in processed.links] == [producer.context.span_id]
     assert processed.attributes is not None and processed.attributes["partnerhub.delivery"] == "kafka"
     provider.shutdown()
+
+
+@pytest.mark.postgres
+async def test_two_replicas_reading_every_partition_apply_each_event_once(
+    broker: EmbeddedBroker, topic: str, sqlite_store: EventStore, postgres_url: str
+) -> None:
+    engine, drop = await postgres_engine(postgres_url)
+    consumer = await consumer_db(engine)
+    try:
+        async with (
+            relaying(sqlite_store, broker.bootstrap, topic),
+            subscribed(sqlite_store, consumer, broker.bootstrap, topic) as first,
+            subscribed(sqlite_store, consumer, broker.bootstrap, topic) as second,
+        ):
+            await append_many(sqlite_store, [f"p{i}" for i in range(12)], per_partner=5)
+            expected = await expected_counts(sqlite_store)
+            await wait_until(lambda: _equals(consumer, expected), message="both replicas done")
+            await wait_until(lambda: first.applied + second.applied >= 60, message="applied counted")
+            assert first.applied + second.applied == 60
+        assert await counts(consumer) == expected
+    finally:
+        await drop()

@@ -60,7 +60,7 @@ class Tenant:
     ids: set[str] = field(default_factory=set)
 
     def secrets_of(self) -> set[str]:
-        """Every string naming this tenant or something it owns (none may reach another partner)."""
+        """Every string naming this tenant, something it owns, or one of its secrets."""
         return {self.partner_id, self.name, self.creds.client_id, *self.ids}
 
 
@@ -125,6 +125,8 @@ async def make_tenant(platform: RunningPlatform, ops: httpx.AsyncClient, label: 
 
     tenant.message_id = await eventually(message, timeout=30)
     tenant.ids = {tenant.integration_id, tenant.endpoint_id, tenant.spare_endpoint_id, tenant.message_id}
+    # Secrets are identifiers too: none may ever reach another partner.
+    tenant.ids |= {endpoint["secret"], spare["secret"], creds.client_secret, token}
     return tenant
 
 

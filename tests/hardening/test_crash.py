@@ -184,6 +184,8 @@ async def under_load(world: World, share: float, disrupt: Callable[[], Awaitable
     await disrupt()
     await runner
     world.sent.extend(load.sent)
+    refused = Counter(f"{s.kind} {s.status}" for s in load.sent if not s.ok)
+    print(f"\n{disrupt.__name__}: {len(load.sent)} commands, {sum(s.ok for s in load.sent)} answered 2xx, others {dict(refused)}")
     return load.sent
 
 

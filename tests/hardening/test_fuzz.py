@@ -11,8 +11,10 @@ operation a partner can reach, with every scope a partner may hold).
 Checks: no 5xx; status codes, content types, headers and bodies as documented; every
 error answer is RFC 9457 problem+json (the OAuth endpoints answer RFC 6749 JSON errors
 instead, as those RFCs require). Budget: `PARTNERHUB_FUZZ_EXAMPLES` examples per
-operation (default 10 in the suite; `make fuzz` runs 500 and adds the coverage phase).
-Findings are kept as plain regression tests in test_limits.py and test_regressions.py.
+operation, half that for the partner (default 10: derandomized, so the suite's run is
+repeatable; `make fuzz` runs 500, random, and shrinks what it finds). Writes never target
+the ids of clients and partners other tests stand on. Findings are kept as plain
+regression tests in test_limits.py and test_regressions.py.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
 EXAMPLES = int(os.environ.get("PARTNERHUB_FUZZ_EXAMPLES", "10"))
 LONG_RUN = EXAMPLES > 25
 OAUTH_PATHS = ("/oauth/token", "/oauth/introspect", "/oauth/revoke")
-# Statuses the gateway itself may add in front of any proxied route (rate limit, breaker).
+# The gateway's rate limit may answer any proxied route: wait and send again.
 GATEWAY_ONLY = {429}
 
 
@@ -173,7 +175,8 @@ def test_api_conforms_to_its_openapi_document(target: Target, subtests: pytest.S
         )
 
         @settings(
-            max_examples=EXAMPLES,
+            # The partner's pass mostly checks refusals and isolation answers: half the budget.
+            max_examples=EXAMPLES if target.role == "ops" else max(3, EXAMPLES // 2),
             deadline=None,
             derandomize=not LONG_RUN,
             database=None,

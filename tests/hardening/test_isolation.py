@@ -360,3 +360,17 @@ async def test_a_partner_cannot_introspect_or_revoke_another_partners_token(
         still = await http.get(f"/v1/partners/{b.partner_id}", headers={"Authorization": f"Bearer {b.token}"})
     assert still.status_code == 200, "A revoked B's token"
     assert json.loads(still.text)["id"] == b.partner_id
+
+
+async def test_another_partners_idempotency_key_replays_nothing(tenants: tuple[Tenant, Tenant]) -> None:
+    """Idempotency keys are scoped per client: the same key and body from A is A's own first request."""
+    a, b = tenants
+    key = f"hardening-{secrets.token_hex(8)}"
+    body = {"url": "http://127.0.0.1:9/replayed", "event_types": ["sla.*"]}
+    theirs = await send(b.http, "POST", "/v1/webhooks/endpoints", json=body, headers={"Idempotency-Key": key})
+    assert theirs.status_code == 201, theirs.text
+    mine = await send(a.http, "POST", "/v1/webhooks/endpoints", json=body, headers={"Idempotency-Key": key})
+    assert mine.status_code == 201, mine.text
+    assert "idempotent-replayed" not in mine.headers
+    assert mine.json()["partner_id"] == a.partner_id and mine.json()["secret"] != theirs.json()["secret"]
+    assert not leaked(mine.text, b, sent=set()) and theirs.json()["id"] not in mine.text

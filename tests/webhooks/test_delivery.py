@@ -399,3 +399,21 @@ async def _endpoint_if(harness: Harness, endpoint_id: str, *, disabled: bool = F
     if failing and shown["failing_since"] is None:
         return None
     return dict(shown)
+
+
+async def test_a_resend_during_an_attempt_wins_over_its_late_outcome(
+    harness_factory: HarnessFactory, receiver: Receiver
+) -> None:
+    harness = await harness_factory(attempt_timeout=1.0)
+    endpoint = await harness.create_endpoint("p-1", receiver.url("/late"))
+    receiver.expect("/late", [endpoint["secret"]], lambda n: None if n == 0 else (200, {}, b"ok"))
+    await harness.emit(attempt_event("p-1"))
+    await eventually(lambda: len(receiver.at("/late")) == 1)  # the first attempt hangs
+    [message] = await harness.messages(endpoint["id"])
+    resent = await harness.client.post(f"/v1/webhooks/messages/{message['id']}/resend", headers=harness.ops)
+    assert resent.status_code == 202
+
+    [message] = await eventually(lambda: _with_attempts(harness, endpoint["id"], 1, status="delivered", total=2))
+    assert [(a["trigger"], a["outcome"]) for a in message["attempts"]] == [("event", "failed"), ("resend", "succeeded")]
+    types = [e["type"] for e in await harness.stored_events()]
+    assert types == ["webhook.message_delivered"], "the late timeout of the first run changed nothing"

@@ -8,7 +8,7 @@ attempt, and never inserted twice for one (endpoint, event).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -33,7 +33,7 @@ def payload_of(event: RecordedEvent) -> str:
 class Dispatcher:
     """Subscription handler creating messages; tells the delivery workers which endpoints have work."""
 
-    def __init__(self, *, clock: Clock, notify: Callable[[Iterable[str]], None] | None = None) -> None:
+    def __init__(self, *, clock: Clock, notify: Callable[[list[str]], None] | None = None) -> None:
         self._clock = clock
         self._notify = notify
         self._waiting: list[tuple[Any, list[str]]] = []
@@ -76,14 +76,14 @@ class Dispatcher:
             }
             for endpoint_id in targets
         ]
-        await repository.insert_messages(conn, rows)
-        if self._notify is not None:
-            self._notify_after_commit(conn, targets)
+        stored = await repository.insert_messages(conn, rows)
+        if self._notify is not None and stored:
+            self._notify_after_commit(conn, [m.endpoint_id for m in stored])
 
-    def _notify_after_commit(self, conn: AsyncConnection, targets: list[str]) -> None:
+    def _notify_after_commit(self, conn: AsyncConnection, endpoint_ids: list[str]) -> None:
         # The rows become visible to the workers only when the subscription commits.
         transaction = conn.sync_connection.get_transaction() if conn.sync_connection is not None else None
-        self._waiting.append((transaction, targets))
+        self._waiting.append((transaction, endpoint_ids))
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch_commits(), name="webhook-dispatch-notify")
 
@@ -92,13 +92,14 @@ class Dispatcher:
         while self._waiting:
             ready: list[str] = []
             still: list[tuple[Any, list[str]]] = []
-            for transaction, targets in self._waiting:
-                if transaction is not None and transaction.is_active:
-                    still.append((transaction, targets))
+            for transaction, endpoint_ids in self._waiting:
+                if transaction is None or not transaction.is_active:
+                    # Committed (or rolled back: then the workers find nothing to do).
+                    ready.extend(endpoint_ids)
                 else:
-                    ready.extend(targets)
+                    still.append((transaction, endpoint_ids))
             self._waiting = still
             if ready and self._notify is not None:
-                self._notify(dict.fromkeys(ready))
+                self._notify(list(dict.fromkeys(ready)))
             if still:
                 await asyncio.sleep(0.001)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 OUTCOME_STREAM = "webhook-deliveries"
 """The store stream of every `webhook.*` event (delivery outcomes and endpoint disables)."""
 MAX_BATCH = 500
+GATHER_FOR = 0.02
+"""Seconds a small batch waits for more outcomes (the delivery itself is already done)."""
+GATHER_UNTIL = 32
 
 
 @dataclass
@@ -50,17 +53,19 @@ class Outcome:
 
 
 class _Stale(Exception):
-    def __init__(self, message_ids: set[str]) -> None:
-        super().__init__(f"{len(message_ids)} messages changed during their attempt")
+    def __init__(self, message_ids: set[str] | None) -> None:
+        super().__init__("messages changed during their attempt")
         self.message_ids = message_ids
+        """Which ones, when known (None: look them up after the rollback)."""
 
 
 class OutcomeWriter:
     """Batches outcomes of concurrent attempts into shared transactions."""
 
-    def __init__(self, engine: AsyncEngine, store: EventStore) -> None:
+    def __init__(self, engine: AsyncEngine, store: EventStore, *, gather_for: float = GATHER_FOR) -> None:
         self.engine = engine
         self.store = store
+        self.gather_for = gather_for
         self._pending: list[Outcome] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -84,6 +89,9 @@ class OutcomeWriter:
 
     async def _flush_all(self) -> None:
         while self._pending:
+            if len(self._pending) < GATHER_UNTIL and self.gather_for > 0:
+                # A commit costs the same for one outcome or fifty: let a few more arrive.
+                await asyncio.sleep(self.gather_for)
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 stale = await self._write_batch(batch)
@@ -104,7 +112,13 @@ class OutcomeWriter:
                 await self._write(live)
                 break
             except _Stale as exc:
-                stale |= exc.message_ids
+                found = exc.message_ids
+                if found is None:
+                    async with self.engine.connect() as conn:
+                        found = await _stale(conn, live, check_status=True)
+                if not found:
+                    raise RuntimeError("an outcome batch conflicted, but every message is as claimed") from exc
+                stale |= found
                 live = [o for o in live if o.message.id not in stale]
         if stale:
             log.info("%d webhook messages changed during their attempt; kept in the log only", len(stale))
@@ -167,7 +181,7 @@ async def _write_rows(conn: AsyncConnection, batch: list[Outcome]) -> None:
         # SQLite (one writer): the guarded update tells whether every message was still as claimed.
         result = await conn.execute(_UPDATE_MESSAGE, rows)
         if result.rowcount != len(batch):
-            raise _Stale(await _stale(conn, batch, check_status=False))
+            raise _Stale(None)
     else:
         # PostgreSQL: lock the rows, find any that changed, then update.
         stale = await _stale(conn, batch, check_status=True)
@@ -179,7 +193,7 @@ async def _write_rows(conn: AsyncConnection, batch: list[Outcome]) -> None:
 
 
 async def _stale(conn: AsyncConnection, batch: list[Outcome], *, check_status: bool) -> set[str]:
-    """Messages deleted, resent or recovered (or, with `check_status`, recorded) since their claim."""
+    """Messages deleted, resent, recovered or (with `check_status`) recorded since their claim."""
     query = select(messages.c.id, messages.c.run, messages.c.status).where(
         messages.c.id.in_([o.message.id for o in batch])
     )

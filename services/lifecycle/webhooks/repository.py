@@ -176,16 +176,13 @@ async def pending_depths(engine: AsyncEngine, endpoint_ids: Sequence[str] | None
 # --- messages ----------------------------------------------------------------------------
 
 
-async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Insert messages; one already stored for the same (endpoint, event) is left alone."""
+async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[MessageRow]:
+    """Insert messages and return those stored; one already there for the same (endpoint, event) is left alone."""
     if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        await conn.execute(postgresql.insert(messages).values(rows).on_conflict_do_nothing())
-    elif conn.dialect.name == "sqlite":
-        await conn.execute(sqlite.insert(messages).values(rows).on_conflict_do_nothing())
-    else:  # pragma: no cover - only the two supported backends
-        await conn.execute(messages.insert().values(rows))
+        return []
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(messages).values(rows).on_conflict_do_nothing().returning(*messages.c)
+    return [MessageRow.of(row) for row in (await conn.execute(statement)).all()]
 
 
 async def due_endpoints(engine: AsyncEngine) -> list[tuple[str, datetime]]:

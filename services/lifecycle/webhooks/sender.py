@@ -50,7 +50,6 @@ class Sender:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 auto_decompress=False,
                 trust_env=False,
-                skip_auto_headers=("User-Agent",),
             )
 
     async def close(self) -> None:

@@ -16,9 +16,10 @@ Isolation: an endpoint's attempts only ever take its own slots (8 by default, 1 
 is failing) out of a global bound far larger, and the HTTP client has no shared
 per-host pool to exhaust, so a hanging endpoint delays nobody else.
 
-Restarts: a message is only marked done after its attempt ended, so a process that
-dies loses nothing; an attempt that was in flight is sent again after the restart (on
-PostgreSQL once its lease ended). A clean stop hands claimed-but-unstarted messages back.
+Restarts: a message is only marked done once its outcome is recorded, so a process that
+dies loses nothing; an attempt that was in flight (sent, outcome not yet recorded: at most
+twice the endpoint's concurrency) is sent again after the restart (on PostgreSQL once its
+lease ended). A clean stop hands claimed-but-unstarted messages back.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ tracer = trace.get_tracer("partnerhub.webhooks")
 ENDPOINT_REFRESH = 1.0
 PREFETCH = 2
 """A claim takes up to this many times the endpoint's concurrency (fewer, larger claims)."""
+RECORDING_SLACK = 2
+"""Attempts of an endpoint in flight, counting those whose outcome is being recorded: this
+many times its concurrency (so a crash repeats at most that many of its attempts)."""
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
@@ -89,6 +93,9 @@ class _Worker:
     queued: deque[MessageRow] = field(default_factory=deque)
     """Claimed, not yet started."""
     sending: int = 0
+    """Requests under way (at most the endpoint's concurrency)."""
+    unrecorded: int = 0
+    """Attempts started whose outcome is not yet recorded (at most twice the concurrency)."""
     attempts: set[asyncio.Task[None]] = field(default_factory=set)
     exhausted_until: float = 0.0
 
@@ -107,7 +114,7 @@ class DeliveryWorkers:
         per_endpoint_concurrency: int = 8,
         max_in_flight: int = 512,
         poll_interval: float = 1.0,
-        idle_linger: float = 0.5,
+        idle_linger: float = 2.0,
         lease_margin: float = 5.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -126,6 +133,8 @@ class DeliveryWorkers:
         self._workers: dict[str, _Worker] = {}
         # Per endpoint, messages claimed and not yet recorded (a claim never takes one twice).
         self._held: dict[str, set[str]] = {}
+        self._claiming: dict[str, int] = {}
+        self._release_later: dict[str, set[str]] = {}
         # PostgreSQL (possibly several replicas): claims lease rows. SQLite (one process by
         # construction): claims only read, so deliveries add no write contention there.
         self._leases = engine.dialect.name != "sqlite"
@@ -160,6 +169,8 @@ class DeliveryWorkers:
         self._loop_task = None
         self._workers.clear()
         self._held.clear()
+        self._claiming.clear()
+        self._release_later.clear()
         await self.outcomes.close()
         for worker in workers:
             with contextlib.suppress(Exception):
@@ -255,23 +266,26 @@ class DeliveryWorkers:
             endpoint = await self._load(worker.endpoint_id)
         if endpoint is None or endpoint.row.disabled:
             await self._hand_back(worker)
-            if worker.sending == 0:
+            if worker.unrecorded == 0:
                 return endpoint, True
             await _wait(worker.wake, self.poll_interval)
             return endpoint, False
         cap = 1 if endpoint.failing_since else self.per_endpoint
-        idle = worker.sending == 0 and not worker.queued
-        if idle or (2 * len(worker.queued) <= cap and time.monotonic() >= worker.exhausted_until):
+        # A claim that came back short is repeated only when new messages were stored (or
+        # the clock jumped), or after a poll interval (retries may have come due).
+        if 2 * len(worker.queued) <= cap and time.monotonic() >= worker.exhausted_until:
             want = PREFETCH * cap - len(worker.queued)
-            got = await self._claim(worker, want, cap)
-            if got < want:
-                # A short claim is not repeated while busy, until woken or a poll interval passed.
+            if await self._claim(worker, want, cap) < want:
                 worker.exhausted_until = time.monotonic() + self.poll_interval
-            idle = idle and got == 0
-        if idle:
+        if worker.unrecorded == 0 and not worker.queued:
             # Linger briefly (new messages often follow), then leave it to the scheduler.
             return endpoint, not await _wait(worker.wake, self.idle_linger)
-        while worker.queued and worker.sending < cap and self._in_flight < self.max_in_flight:
+        while (
+            worker.queued
+            and worker.sending < cap
+            and worker.unrecorded < RECORDING_SLACK * cap
+            and self._in_flight < self.max_in_flight
+        ):
             self._start(worker, endpoint, worker.queued.popleft())
         # Woken by an attempt ending, new messages or a change; else look again when a short
         # claim may be repeated, or after a poll interval (messages may have come due).
@@ -281,21 +295,30 @@ class DeliveryWorkers:
 
     async def _claim(self, worker: _Worker, want: int, cap: int) -> int:
         now = self.clock.now()
-        held = self._held.setdefault(worker.endpoint_id, set())
-        if self._leases:
-            # Long enough for everything this worker holds to be attempted in turn.
-            rounds = math.ceil((worker.sending + len(worker.queued) + want) / cap)
-            lease_until = now + timedelta(seconds=rounds * self.sender.timeout + self.lease_margin)
-            claimed = await repository.claim_due(
-                self.engine, worker.endpoint_id, now=now, lease_until=lease_until, limit=want
-            )
-        else:
-            claimed = await repository.due_messages(
-                self.engine, worker.endpoint_id, now=now, limit=want, exclude=held
-            )
+        endpoint_id = worker.endpoint_id
+        held = self._held.setdefault(endpoint_id, set())
+        # While a claim reads, ids it may still see as due stay held (their release waits).
+        self._claiming[endpoint_id] = self._claiming.get(endpoint_id, 0) + 1
+        try:
+            if self._leases:
+                # Long enough for everything this worker holds to be attempted in turn.
+                rounds = math.ceil((worker.unrecorded + len(worker.queued) + want) / cap)
+                lease_until = now + timedelta(seconds=rounds * self.sender.timeout + self.lease_margin)
+                claimed = await repository.claim_due(
+                    self.engine, endpoint_id, now=now, lease_until=lease_until, limit=want
+                )
+            else:
+                claimed = await repository.due_messages(
+                    self.engine, endpoint_id, now=now, limit=want, exclude=held
+                )
+            fresh = [m for m in claimed if m.id not in held]
+            held.update(m.id for m in fresh)
+        finally:
+            self._claiming[endpoint_id] -= 1
+            if not self._claiming[endpoint_id]:
+                del self._claiming[endpoint_id]
+                self._release(endpoint_id, self._release_later.pop(endpoint_id, ()))
         self.claims += 1
-        fresh = [m for m in claimed if m.id not in held]
-        held.update(m.id for m in fresh)
         worker.queued.extend(fresh)
         return len(claimed)
 
@@ -310,6 +333,9 @@ class DeliveryWorkers:
             await repository.make_due(self.engine, ids, now=self.clock.now())
 
     def _release(self, endpoint_id: str, ids: Iterable[str]) -> None:
+        if self._claiming.get(endpoint_id):
+            self._release_later.setdefault(endpoint_id, set()).update(ids)
+            return
         held = self._held.get(endpoint_id)
         if held is not None:
             held.difference_update(ids)
@@ -318,6 +344,7 @@ class DeliveryWorkers:
 
     def _start(self, worker: _Worker, endpoint: _Endpoint, message: MessageRow) -> None:
         worker.sending += 1
+        worker.unrecorded += 1
         self._in_flight += 1
         task = asyncio.create_task(self._attempt(worker, endpoint, message), name=f"webhook-attempt:{message.id}")
         worker.attempts.add(task)
@@ -354,8 +381,7 @@ class DeliveryWorkers:
                 try:
                     result = await self._send(endpoint, message)
                 finally:
-                    # The endpoint's slot is free once the request ended; the message stays
-                    # leased until its outcome is recorded.
+                    # The request's slot frees now; recording is batched across endpoints.
                     worker.sending -= 1
                     worker.wake.set()
                 span.set_attribute("http.response.status_code", result.status_code or 0)
@@ -366,6 +392,9 @@ class DeliveryWorkers:
                 except Exception:
                     log.exception("recording webhook attempt %s failed", message.id)
         finally:
+            # Until recorded, an attempt counts as in flight: a crash may repeat it.
+            worker.unrecorded -= 1
+            worker.wake.set()
             self._in_flight -= 1
             self._release(message.endpoint_id, [message.id])
             if self._in_flight == self.max_in_flight - 1:
