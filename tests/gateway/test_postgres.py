@@ -11,32 +11,20 @@ from pathlib import Path
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.gateway.keys import rotate
 from services.gateway.tiers import record_tier
 from services.runtime.clock import ManualClock
 from tests.gateway.support import Upstream, gateway_settings, in_process_gateway
+from tests.support.databases import fresh_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 async def pg_database(postgres_url: str) -> AsyncIterator[str]:
-    name = f"gateway_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with fresh_database(postgres_url, "gateway") as url:
+        yield url
 
 
 async def test_gateway_on_postgresql(tmp_path: Path, upstream: Upstream, pg_database: str) -> None:

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.catalog import PartnerActivated, PartnerAgreementSigned, SlaTerms
 from events.envelope import EventMetadata, RecordedEvent
@@ -34,6 +33,7 @@ from services.runtime.app import Runtime, build_runtime
 from services.runtime.clock import ManualClock
 from services.runtime.migrations import migrate
 from services.runtime.settings import Settings
+from tests.support.databases import fresh_database
 from tests.support.tokens import TestIssuer
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -144,27 +144,10 @@ async def lifecycle(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             yield service
         return
     async with (
-        fresh_database(request.getfixturevalue("postgres_url")) as url,
+        fresh_database(request.getfixturevalue("postgres_url"), "lifecycle") as url,
         running(Settings(**settings, lifecycle_database_url=url)) as service,
     ):
         yield service
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
-    """A new, uniquely named PostgreSQL database (dropped afterwards)."""
-    name = f"lifecycle_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 class running:
@@ -230,7 +213,7 @@ async def components(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     async with contextlib.AsyncExitStack() as stack:
         url = None
         if request.param == "postgres":
-            url = await stack.enter_async_context(fresh_database(request.getfixturevalue("postgres_url")))
+            url = await stack.enter_async_context(fresh_database(request.getfixturevalue("postgres_url"), "lifecycle"))
         clock = ManualClock(START)
         settings = Settings(var_dir=tmp_path, kafka_bootstrap=None, lifecycle_database_url=url)
         runtime = build_runtime("lifecycle", settings, clock)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,13 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.onboarding.app import create_app
 from services.runtime.clock import ManualClock
 from services.runtime.settings import Settings
+from tests.support.databases import fresh_database
 from tests.support.tokens import TestIssuer
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -96,27 +93,10 @@ async def onboarding(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             yield service
         return
     async with (
-        fresh_database(request.getfixturevalue("postgres_url")) as url,
+        fresh_database(request.getfixturevalue("postgres_url"), "onboarding") as url,
         running(Settings(var_dir=tmp_path, kafka_bootstrap=None, onboarding_database_url=url)) as service,
     ):
         yield service
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
-    """A new, uniquely named PostgreSQL database (dropped afterwards)."""
-    name = f"onboarding_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 @contextlib.asynccontextmanager
