@@ -54,6 +54,7 @@ from services.runtime.app import Runtime, build_runtime  # noqa: E402
 from services.runtime.clock import SystemClock  # noqa: E402
 from services.runtime.migrations import migrate  # noqa: E402
 from services.runtime.settings import Settings  # noqa: E402
+from tests.support.databases import fresh_database  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "webhooks.json"
 
@@ -175,7 +176,9 @@ async def lifecycle(
     postgres: str | None = None,
 ) -> AsyncIterator[tuple[Runtime, Webhooks]]:
     async with contextlib.AsyncExitStack() as stack:
-        database_url = await stack.enter_async_context(fresh_database(postgres)) if postgres else None
+        database_url = (
+            await stack.enter_async_context(fresh_database(postgres, prefix="bench_webhooks")) if postgres else None
+        )
         settings = Settings(
             env="test",
             var_dir=var_dir,
@@ -203,27 +206,6 @@ def _own_log(runtime: Runtime) -> Any:
         return await runtime.store.read_all(after=after, limit=limit) if source == "lifecycle" else []
 
     return own_log
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
-    """A new PostgreSQL database for one scenario (dropped afterwards)."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    name = f"bench_webhooks_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 def event(partner_id: str, n: int) -> RecordedEvent:
@@ -348,6 +330,7 @@ async def isolation(receiver: ReceiverProcess, messages: int, rounds: int) -> di
     healthy = [f"/h{i}" for i in range(9)]
     per = messages // len(healthy)
     rates: dict[str, list[float]] = {"alone": [], "beside a hanging endpoint": []}
+    cpu_ms: dict[str, list[float]] = {"alone": [], "beside a hanging endpoint": []}
     # Alternate the two scenarios and keep each one's best round: on a shared machine the
     # best round is the one least disturbed by other processes.
     for _ in range(rounds):
@@ -359,8 +342,10 @@ async def isolation(receiver: ReceiverProcess, messages: int, rounds: int) -> di
                     await queue(runtime, webhooks, [p.strip("/").replace("/", "-") for p in paths], per)
                     healthy_ids = [e.id for e in await _endpoint_rows(runtime) if not e.url.endswith("/hang/0")]
                     await receiver.stats(reset=True)
+                    cpu = cpu_seconds()
                     await webhooks.workers.start()
                     seconds = await drain(runtime, receiver, per * len(healthy), prefix="/h", endpoint_ids=healthy_ids)
+                    cpu_ms[scenario].append((cpu_seconds() - cpu) * 1000 / (per * len(healthy)))
                     rates[scenario].append(per * len(healthy) / seconds)
                     await receiver.stats(reset=True)
     alone, beside = max(rates["alone"]), max(rates["beside a hanging endpoint"])
@@ -369,6 +354,7 @@ async def isolation(receiver: ReceiverProcess, messages: int, rounds: int) -> di
         "healthy_beside_hanging_per_s": round(beside, 1),
         "ratio": round(beside / alone, 3),
         "rounds": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+        "cpu_ms_per_healthy_delivery": {k: round(min(vs), 3) for k, vs in cpu_ms.items()},
     }
 
 
@@ -525,7 +511,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "peer": iso["healthy_alone_per_s"],
             "ratio": iso["ratio"],
             "goal": "ratio ≥ 0.90",
-            "note": f"peer: the same nine endpoints without the hanging one; attempt deadline 1 s; best of {args.rounds}",
+            "note": f"peer: the same nine endpoints without the hanging one; attempt deadline 1 s; best of {args.rounds} rounds "
+            f"({iso['rounds']}); CPU per healthy delivery {iso['cpu_ms_per_healthy_delivery']} ms",
         }
     )
     for backend, result in lat.items():

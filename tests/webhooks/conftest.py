@@ -199,19 +199,7 @@ def attempt_event(partner_id: str, n: int = 0) -> IntegrationAttemptRecorded:
 @pytest.fixture
 async def pg_database(postgres_url: str) -> AsyncIterator[str]:
     """URL of a new, uniquely named PostgreSQL database (dropped afterwards)."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from tests.support.databases import fresh_database
 
-    name = f"webhooks_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with fresh_database(postgres_url, prefix="webhooks") as url:
+        yield url

@@ -2,23 +2,27 @@
 
 It is the handler of a subscription on every service's topic, so the messages are
 inserted in the same transaction as the subscription's checkpoint: durable before any
-attempt, and never inserted twice for one (endpoint, event).
+attempt, and never inserted twice for one (endpoint, event). Once that transaction has
+committed, the stored messages are handed to the delivery workers directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 import orjson
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.catalog import is_webhook_deliverable
 from events.envelope import RecordedEvent
 from services.lifecycle.webhooks import repository
 from services.lifecycle.webhooks.domain import matches
+from services.lifecycle.webhooks.repository import MessageRow
 from services.runtime.clock import Clock
 
 SUBSCRIPTION_NAME = "webhook-dispatcher"
@@ -30,14 +34,46 @@ def payload_of(event: RecordedEvent) -> str:
     return orjson.dumps({"type": event.type, "timestamp": when, "data": event.data}).decode()
 
 
-class Dispatcher:
-    """Subscription handler creating messages; tells the delivery workers which endpoints have work."""
+StoredCallback = Callable[[list[MessageRow], bool], None]
+"""(messages, committed) -> None: called once the dispatching transaction ended."""
 
-    def __init__(self, *, clock: Clock, notify: Callable[[list[str]], None] | None = None) -> None:
+
+@dataclass
+class _Pending:
+    """Messages stored by one subscription transaction, waiting for it to end."""
+
+    transaction: Any
+    connection: Any = None
+    messages: list[MessageRow] = field(default_factory=list)
+    committing: bool = False
+    failed: bool = False
+
+
+class Dispatcher:
+    """Subscription handler creating messages; hands them to the delivery workers once committed.
+
+    `cache_endpoints` keeps each partner's enabled endpoints in memory (for a single
+    process, where every change passes through `forget`); otherwise they are read for
+    every event.
+    """
+
+    def __init__(
+        self, *, clock: Clock, on_stored: StoredCallback | None = None, cache_endpoints: bool = False
+    ) -> None:
         self._clock = clock
-        self._notify = notify
-        self._waiting: list[tuple[Any, list[str]]] = []
+        self._on_stored = on_stored
+        self._cache: dict[str, list[tuple[str, list[str]]]] | None = {} if cache_endpoints else None
+        self._pending: dict[int, _Pending] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._engines: set[int] = set()
+
+    def forget(self, partner_id: str | None = None) -> None:
+        """An endpoint of `partner_id` (None: of anyone) was created, changed or removed."""
+        if self._cache is not None:
+            if partner_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(partner_id, None)
 
     async def handle(self, conn: AsyncConnection, event: RecordedEvent) -> None:
         """Insert a message for each of the event's partner's enabled endpoints that wants it."""
@@ -49,7 +85,7 @@ class Dispatcher:
             return
         targets = [
             endpoint_id
-            for endpoint_id, patterns in await repository.enabled_endpoints_of(conn, partner_id)
+            for endpoint_id, patterns in await self._endpoints_of(conn, partner_id)
             if matches(patterns, event.type)
         ]
         if not targets:
@@ -77,29 +113,65 @@ class Dispatcher:
             for endpoint_id in targets
         ]
         stored = await repository.insert_messages(conn, rows)
-        if self._notify is not None and stored:
-            self._notify_after_commit(conn, [m.endpoint_id for m in stored])
+        if self._on_stored is not None and stored:
+            self._after_transaction(conn, stored)
 
-    def _notify_after_commit(self, conn: AsyncConnection, endpoint_ids: list[str]) -> None:
-        # The rows become visible to the workers only when the subscription commits.
-        transaction = conn.sync_connection.get_transaction() if conn.sync_connection is not None else None
-        self._waiting.append((transaction, endpoint_ids))
+    async def _endpoints_of(self, conn: AsyncConnection, partner_id: str) -> list[tuple[str, list[str]]]:
+        if self._cache is None:
+            return await repository.enabled_endpoints_of(conn, partner_id)
+        known = self._cache.get(partner_id)
+        if known is None:
+            known = await repository.enabled_endpoints_of(conn, partner_id)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[partner_id] = known
+        return known
+
+    def _after_transaction(self, conn: AsyncConnection, stored: list[MessageRow]) -> None:
+        # The messages exist for the workers only if the subscription's transaction commits:
+        # watch it (commit, rollback and error events) and hand them over when it has ended.
+        sync = conn.sync_connection
+        transaction = sync.get_transaction() if sync is not None else None
+        if sync is None or transaction is None:
+            self._settle(_Pending(None, messages=list(stored)))
+            return
+        self._listen(conn)
+        pending = self._pending.get(id(transaction))
+        if pending is None:
+            pending = self._pending[id(transaction)] = _Pending(transaction, sync)
+        pending.messages.extend(stored)
         if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.create_task(self._watch_commits(), name="webhook-dispatch-notify")
+            self._watcher = asyncio.create_task(self._watch(), name="webhook-dispatch-handover")
 
-    async def _watch_commits(self) -> None:
-        # Polls an in-memory flag (no database round trip) about every millisecond.
-        while self._waiting:
-            ready: list[str] = []
-            still: list[tuple[Any, list[str]]] = []
-            for transaction, endpoint_ids in self._waiting:
-                if transaction is None or not transaction.is_active:
-                    # Committed (or rolled back: then the workers find nothing to do).
-                    ready.extend(endpoint_ids)
-                else:
-                    still.append((transaction, endpoint_ids))
-            self._waiting = still
-            if ready and self._notify is not None:
-                self._notify(list(dict.fromkeys(ready)))
-            if still:
+    def _listen(self, conn: AsyncConnection) -> None:
+        # Engine-wide listeners, registered once (per-connection ones cost a dispatch copy
+        # per transaction). A failing COMMIT shows only as a database error.
+        engine = conn.sync_engine
+        if id(engine) in self._engines:
+            return
+        self._engines.add(id(engine))
+
+        def mark(connection: Any, **flags: bool) -> None:
+            for pending in self._pending.values():
+                if pending.connection is connection:
+                    for name, value in flags.items():
+                        setattr(pending, name, value)
+
+        sa_event.listen(engine, "commit", lambda connection: mark(connection, committing=True))
+        sa_event.listen(engine, "rollback", lambda connection: mark(connection, failed=True))
+        sa_event.listen(engine, "handle_error", lambda context: mark(context.connection, failed=True))
+
+    async def _watch(self) -> None:
+        # Polls in-memory flags (no database round trip) about every millisecond.
+        while self._pending:
+            for key, pending in list(self._pending.items()):
+                if not pending.transaction.is_active:
+                    del self._pending[key]
+                    self._settle(pending)
+            if self._pending:
                 await asyncio.sleep(0.001)
+
+    def _settle(self, pending: _Pending) -> None:
+        if self._on_stored is not None and pending.messages:
+            committed = pending.transaction is not None and pending.committing and not pending.failed
+            self._on_stored(pending.messages, committed)

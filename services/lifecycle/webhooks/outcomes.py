@@ -78,7 +78,7 @@ class OutcomeWriter:
         return await outcome.done
 
     async def close(self) -> None:
-        """Stop flushing (outcomes not yet written are lost; their leases make them due again)."""
+        """Stop flushing (outcomes not yet written are lost: their messages stay pending and go out again)."""
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None

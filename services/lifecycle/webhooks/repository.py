@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.lifecycle.webhooks.tables import attempts, endpoints, messages
@@ -176,13 +175,29 @@ async def pending_depths(engine: AsyncEngine, endpoint_ids: Sequence[str] | None
 # --- messages ----------------------------------------------------------------------------
 
 
+# Both statements are cacheable (the dialects' on_conflict_do_nothing() constructs are not,
+# and would be compiled again for every event).
+_INSERT_OR_IGNORE = messages.insert().prefix_with("OR IGNORE", dialect="sqlite").returning(*messages.c)
+_INSERT_ON_CONFLICT_DO_NOTHING = (
+    text(
+        f"INSERT INTO {messages.name} ({', '.join(c.name for c in messages.c)}) "
+        f"VALUES ({', '.join(':' + c.name for c in messages.c)}) "
+        f"ON CONFLICT DO NOTHING RETURNING {', '.join(c.name for c in messages.c)}"
+    )
+    .bindparams(*(bindparam(c.name, type_=c.type) for c in messages.c))
+    .columns(*messages.c)
+)
+
+
 async def insert_messages(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[MessageRow]:
     """Insert messages and return those stored; one already there for the same (endpoint, event) is left alone."""
-    if not rows:
-        return []
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(messages).values(rows).on_conflict_do_nothing().returning(*messages.c)
-    return [MessageRow.of(row) for row in (await conn.execute(statement)).all()]
+    if conn.dialect.name == "sqlite":
+        return [MessageRow.of(row) for row in (await conn.execute(_INSERT_OR_IGNORE, rows)).all()] if rows else []
+    stored: list[MessageRow] = []
+    for row in rows:  # a partner has a handful of endpoints: one statement each
+        full = {c.name: row.get(c.name) for c in messages.c}
+        stored.extend(MessageRow.of(r) for r in (await conn.execute(_INSERT_ON_CONFLICT_DO_NOTHING, full)).all())
+    return stored
 
 
 async def due_endpoints(engine: AsyncEngine) -> list[tuple[str, datetime]]:

@@ -14,6 +14,7 @@ from events.catalog import WebhookEndpointDisabled
 from events.envelope import EventMetadata, RecordedEvent
 from events.store import EventStore
 from services.lifecycle.webhooks import repository
+from services.lifecycle.webhooks.dispatcher import Dispatcher
 from services.lifecycle.webhooks.domain import (
     SECRET_OVERLAP,
     InvalidEndpoint,
@@ -59,6 +60,7 @@ class WebhookService:
         guard: SsrfGuard,
         secret_box: SecretBox,
         workers: DeliveryWorkers | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -66,6 +68,7 @@ class WebhookService:
         self.guard = guard
         self.box = secret_box
         self.workers = workers
+        self.dispatcher = dispatcher
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -110,6 +113,7 @@ class WebhookService:
         )
         endpoint = await repository.get_endpoint(self.engine, endpoint_id)
         assert endpoint is not None
+        self._changed(endpoint)
         return Created(endpoint, secret)
 
     async def get(self, endpoint_id: str) -> EndpointRow | None:
@@ -155,7 +159,7 @@ class WebhookService:
         else:
             async with self.engine.begin() as conn:
                 await apply(conn)
-        self._changed(endpoint.id)
+        self._changed(endpoint)
         updated = await repository.get_endpoint(self.engine, endpoint.id)
         assert updated is not None
         return updated
@@ -174,7 +178,7 @@ class WebhookService:
         async with self.engine.begin() as conn:
             if not await repository.update_endpoint(conn, endpoint.id, expected_version=version, values=values):
                 raise StaleEndpoint(await self._version(conn, endpoint.id))
-        self._changed(endpoint.id)
+        self._changed(endpoint)
         updated = await repository.get_endpoint(self.engine, endpoint.id)
         assert updated is not None
         return updated, secret
@@ -185,7 +189,7 @@ class WebhookService:
         if not await repository.delete_endpoint(self.engine, endpoint.id, expected_version=version):
             current = await repository.get_endpoint(self.engine, endpoint.id)
             raise StaleEndpoint(current.version if current else 0)
-        self._changed(endpoint.id)
+        self._changed(endpoint)
 
     async def pending(self, endpoint_ids: list[str]) -> dict[str, int]:
         """Queue depth per endpoint."""
@@ -222,9 +226,11 @@ class WebhookService:
         current = await repository.get_endpoint(conn, endpoint_id)
         return current.version if current else 0
 
-    def _changed(self, endpoint_id: str) -> None:
+    def _changed(self, endpoint: EndpointRow) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.forget(endpoint.partner_id)
         if self.workers is not None:
-            self.workers.endpoint_changed(endpoint_id)
+            self.workers.endpoint_changed(endpoint.id)
 
     def _wake(self) -> None:
         if self.workers is not None:

@@ -54,10 +54,19 @@ def build(
     workers = DeliveryWorkers(
         engine=runtime.engine, store=runtime.store, clock=runtime.clock, sender=sender, secret_box=box
     )
+    # SQLite is one process by construction: every endpoint change passes through it.
+    single_process = runtime.engine.dialect.name == "sqlite"
+    dispatcher = Dispatcher(clock=runtime.clock, on_stored=workers.stored, cache_endpoints=single_process)
+    workers.on_disabled = dispatcher.forget
     service = WebhookService(
-        engine=runtime.engine, store=runtime.store, clock=runtime.clock, guard=guard, secret_box=box, workers=workers
+        engine=runtime.engine,
+        store=runtime.store,
+        clock=runtime.clock,
+        guard=guard,
+        secret_box=box,
+        workers=workers,
+        dispatcher=dispatcher,
     )
-    dispatcher = Dispatcher(clock=runtime.clock, notify=workers.notify)
     components: list[Component] = [workers]
     if settings.kafka_bootstrap:
         components.append(subscription_for(runtime, dispatcher, **(subscription_options or {})))

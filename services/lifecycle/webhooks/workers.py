@@ -1,16 +1,17 @@
 """Delivery workers: one task per endpoint with due messages, so a slow endpoint only slows itself.
 
 The due-time queue is SQL (`webhook_messages.next_attempt_at`). A scheduler loop finds
-endpoints with due messages and starts a worker task for each (the dispatcher wakes them
-directly when it stores new messages). A worker claims due messages of its endpoint in
-batches, sends up to the endpoint's concurrency at once (one at a time while the
-endpoint is failing), and exits when its endpoint has nothing due. Outcomes are
-recorded by an `OutcomeWriter`, batched across endpoints.
+endpoints with due messages and starts a worker task for each; the dispatcher wakes an
+endpoint's worker as soon as its new messages are committed. A worker claims due
+messages of its endpoint in batches, sends up to the endpoint's concurrency at once (one
+at a time while the endpoint is failing), and exits when its endpoint has nothing due.
+Outcomes are recorded by an `OutcomeWriter`, batched across endpoints.
 
 Claims: on PostgreSQL (where several replicas may run) a claim leases the rows by
 moving `next_attempt_at` past the time their attempts can take; on SQLite (one process
-by construction) a claim only reads, and the process remembers what it holds, so
-deliveries add no write contention to the single-writer database.
+by construction) a claim only reads, the process remembers what it holds, and the
+dispatcher's committed messages are queued without being read back, so deliveries add
+no write contention to the single-writer database.
 
 Isolation: an endpoint's attempts only ever take its own slots (8 by default, 1 while it
 is failing) out of a global bound far larger, and the HTTP client has no shared
@@ -58,6 +59,8 @@ tracer = trace.get_tracer("partnerhub.webhooks")
 ENDPOINT_REFRESH = 1.0
 PREFETCH = 2
 """A claim takes up to this many times the endpoint's concurrency (fewer, larger claims)."""
+HANDOVER_LIMIT = 64
+"""Beyond this many queued messages an endpoint's new messages are left to claims."""
 RECORDING_SLACK = 2
 """Attempts of an endpoint in flight, counting those whose outcome is being recorded: this
 many times its concurrency (so a crash repeats at most that many of its attempts)."""
@@ -145,6 +148,8 @@ class DeliveryWorkers:
         """Times the scheduler looked for due messages (tests wait on it)."""
         self.claims = 0
         """Claim transactions since start (a cost figure for benchmarks)."""
+        self.on_disabled: Callable[[str], None] | None = None
+        """Called with the partner id when an endpoint is disabled automatically."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -179,13 +184,27 @@ class DeliveryWorkers:
 
     # --- signals from the dispatcher and the API --------------------------------------
 
-    def notify(self, endpoint_ids: Iterable[str]) -> None:
-        """New messages are committed for these endpoints: deliver them now."""
+    def stored(self, messages: list[MessageRow], committed: bool) -> None:
+        """The dispatcher stored `messages`; `committed`: their transaction is known to have committed.
+
+        On SQLite (one process) committed messages are queued at once, with no claim to
+        read them back; otherwise their endpoints' workers are told to claim.
+        """
         if self._loop_task is None:
             return
-        for endpoint_id in endpoint_ids:
+        by_endpoint: dict[str, list[MessageRow]] = {}
+        for message in messages:
+            by_endpoint.setdefault(message.endpoint_id, []).append(message)
+        for endpoint_id, batch in by_endpoint.items():
             worker = self._workers.get(endpoint_id) or self._spawn(endpoint_id)
-            worker.fresh = True
+            if committed and not self._leases and len(worker.queued) < HANDOVER_LIMIT:
+                held = self._held.setdefault(endpoint_id, set())
+                for message in batch:
+                    if message.id not in held:
+                        held.add(message.id)
+                        worker.queued.append(message)
+            else:
+                worker.fresh = True
             worker.wake.set()
 
     def endpoint_changed(self, endpoint_id: str) -> None:
@@ -426,6 +445,8 @@ class DeliveryWorkers:
         if disable:
             endpoint.row = replace(endpoint.row, disabled=True)
             self.endpoint_changed(endpoint.row.id)
+            if self.on_disabled is not None:
+                self.on_disabled(endpoint.row.partner_id)
         was_failing = endpoint.failing_since is not None
         endpoint.failing_since = decision.failing_since
         first_attempt_at = message.first_attempt_at or attempted_at
