@@ -10,11 +10,6 @@ from tests.webhooks.receiver import Receiver, fail_then_ok
 pytestmark = pytest.mark.postgres
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent on PostgreSQL: now and then the resent message's webhook.message_delivered "
-    "event is not seen within the deadline (6 of 7); open defect recorded on issue #6",
-)
 async def test_dispatch_claim_retry_resend_and_recover(
     harness_factory: HarnessFactory, pg_database: str, receiver: Receiver
 ) -> None:
@@ -39,6 +34,7 @@ async def test_dispatch_claim_retry_resend_and_recover(
     await eventually(lambda: len(receiver.at("/a")) == 7)
     page = await harness.client.get(f"/v1/webhooks/endpoints/{b['id']}/messages", params={"limit": 2}, headers=harness.ops)
     assert len(page.json()["items"]) == 2 and page.json()["next_cursor"]
+    # The receiver has the resent delivery before its outcome is recorded: wait for the event.
     await eventually(lambda: _delivered_events(harness, 7))
 
 

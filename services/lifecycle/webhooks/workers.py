@@ -330,7 +330,16 @@ class DeliveryWorkers:
                 claimed = await repository.due_messages(
                     self.engine, endpoint_id, now=now, limit=want, exclude=held
                 )
-            fresh = [m for m in claimed if m.id not in held]
+            if self._leases:
+                # A leasing claim only returns what is really due (its UPDATE sees the latest
+                # outcome), including messages whose outcome was recorded while it ran: those
+                # are taken again rather than left leased and unattempted.
+                finished = self._release_later.get(endpoint_id, set())
+                fresh = [m for m in claimed if m.id not in held or m.id in finished]
+                finished.difference_update(m.id for m in fresh)
+            else:
+                # A reading claim may see a message as it was before its outcome committed.
+                fresh = [m for m in claimed if m.id not in held]
             held.update(m.id for m in fresh)
         finally:
             self._claiming[endpoint_id] -= 1
@@ -407,7 +416,9 @@ class DeliveryWorkers:
                 if not result.succeeded:
                     span.set_status(trace.StatusCode.ERROR, result.error or "")
                 try:
-                    await self._record(endpoint, message, result, attempted_at)
+                    if not await self._record(endpoint, message, result, attempted_at):
+                        # Resent or recovered meanwhile: its new run is due now.
+                        worker.fresh = True
                 except Exception:
                     log.exception("recording webhook attempt %s failed", message.id)
         finally:
@@ -435,7 +446,7 @@ class DeliveryWorkers:
 
     async def _record(
         self, endpoint: _Endpoint, message: MessageRow, result: AttemptResult, attempted_at: datetime
-    ) -> None:
+    ) -> bool:
         now = self.clock.now()
         made = message.attempts + 1
         decision = after_attempt(
@@ -482,4 +493,4 @@ class DeliveryWorkers:
                     partner_id=message.partner_id, endpoint_id=message.endpoint_id, reason=decision.disable_reason
                 )
             )
-        await self.outcomes.record(outcome)
+        return await self.outcomes.record(outcome)
