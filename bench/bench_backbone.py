@@ -50,6 +50,7 @@ from events.relay import Relay  # noqa: E402
 from events.schema import store_metadata  # noqa: E402
 from events.store import EventStore  # noqa: E402
 from events.subscription import SourceInfo, Subscription  # noqa: E402
+from services.runtime.db import create_engine  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "backbone.json"
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -102,7 +103,7 @@ class Clock:
 async def database(kind: str, postgres_url: str | None, workdir: Path) -> AsyncIterator[AsyncEngine]:
     """A fresh store database: a SQLite file, or a new schema in the PostgreSQL database."""
     if kind == "sqlite":
-        engine = create_async_engine(f"sqlite+aiosqlite:///{workdir / f'{uuid.uuid4().hex[:8]}.db'}")
+        engine = create_engine(f"sqlite+aiosqlite:///{workdir / f'{uuid.uuid4().hex[:8]}.db'}")
         drop: Callable[[], Awaitable[None]] | None = None
     else:
         assert postgres_url is not None
@@ -377,7 +378,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         print("-- subscription catch-up (log API in another process, read model in sqlite/postgresql)", flush=True)
         source_path = workdir / "source.db"
-        source = create_async_engine(f"sqlite+aiosqlite:///{source_path}")
+        source = create_engine(f"sqlite+aiosqlite:///{source_path}")
         async with source.begin() as conn:
             await conn.run_sync(store_metadata.create_all)
         source_store = EventStore(source, source="onboarding", now=now)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import TextClause, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -116,6 +117,7 @@ class EventStore:
         self._queue: asyncio.Queue[_Append] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._is_postgres = engine.dialect.name == "postgresql"
+        self._head_query = _head_query(self._is_postgres)
         self._appended = asyncio.Event()
         self._serial = asyncio.Lock()
 
@@ -206,16 +208,13 @@ class EventStore:
         async with self.engine.begin() as conn:
             if self._is_postgres:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_APPEND_LOCK})
-            head = (await conn.execute(select(func.coalesce(func.max(events_table.c.position), 0)))).scalar_one()
             stream_ids = sorted({r.stream_id for r in batch})
             versions: dict[str, int] = dict.fromkeys(stream_ids, 0)
-            rows_q = (
-                select(events_table.c.stream_id, func.max(events_table.c.stream_version))
-                .where(events_table.c.stream_id.in_(stream_ids))
-                .group_by(events_table.c.stream_id)
-            )
-            for sid, version in (await conn.execute(rows_q)).all():
-                versions[sid] = int(version)
+            ids = stream_ids if self._is_postgres else json.dumps(stream_ids)
+            head = 0
+            for head, sid, version in (await conn.execute(self._head_query, {"ids": ids})).all():
+                if version is not None:
+                    versions[sid] = int(version)
 
             recorded_at = self._now()
             rows: list[dict[str, Any]] = []
@@ -378,6 +377,23 @@ def _validated(new: NewEvent) -> NewEvent:
     except ValueError as exc:
         raise InvalidEvent(f"event id {new.event_id!r} is not a UUID") from exc
     return new
+
+
+def _head_query(postgres: bool) -> TextClause:
+    """The store's head position and the current version of each stream in `:ids`.
+
+    One row per id: (head, id, version or NULL for a stream not yet written). Run
+    under the append lock, in one round trip. Each version is a correlated `max()`
+    that both databases answer from the end of the `(stream_id, stream_version)`
+    index, so the cost does not grow with stream length as a GROUP BY over the
+    streams' rows would; the ids travel as one array (PostgreSQL) or one JSON text
+    (SQLite), so every batch size shares one prepared statement.
+    """
+    head = "(SELECT coalesce(max(position), 0) FROM events)"
+    version = "(SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.{col})"
+    if postgres:
+        return text(f"SELECT {head}, s.id, {version.format(col='id')} FROM unnest(CAST(:ids AS varchar[])) AS s(id)")
+    return text(f"SELECT {head}, s.value, {version.format(col='value')} FROM json_each(:ids) AS s")
 
 
 def _row(record: RecordedEvent) -> dict[str, Any]:
