@@ -250,6 +250,7 @@ def operations_router() -> APIRouter:
     async def consumers(caller: Ops, gateway: Gateway) -> dict[str, Any]:
         """The tier subscription's checkpoint per onboarding partition, its lag and parked events."""
         from events.subscription import list_dead_letters
+        from services.runtime.consumers import dead_letter_view
 
         subscription = gateway.subscription
         runtime = gateway.runtime
@@ -275,17 +276,7 @@ def operations_router() -> APIRouter:
                         }
                         for source, parts in positions.items()
                     ],
-                    "parked": [
-                        {
-                            "id": d.id,
-                            "event_id": d.event_id,
-                            "event_type": d.event_type,
-                            "partner_id": d.partner_id,
-                            "error": d.error,
-                            "parked_at": d.parked_at,
-                        }
-                        for d in parked
-                    ],
+                    "parked": [dead_letter_view(d, service="gateway") for d in parked],
                 }
             )
         return doc

@@ -125,6 +125,7 @@ def _tier_subscription(runtime: Runtime, tiers: TierBook) -> Component | None:
         max_retries=settings.consumer_max_retries,
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         now=runtime.clock.now,
     )
     return subscription
@@ -187,6 +188,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             "secured reverse proxy in front of the onboarding, lifecycle and metrics services."
         ),
         routers=[oauth_router(), admin_router(), operations_router(), internal_router()],
+        consumer_status=False,
     )
     app.state.gateway = GatewayContext(
         runtime=runtime,

@@ -49,7 +49,11 @@ def create_app(
     runtime.components.append(ProjectionSetup(runtime.engine, source_logs))
     runtime.components.extend(projection_subscriptions(runtime, source_logs))
     app = create_service_app(
-        runtime, title="partnerhub metrics", description=DESCRIPTION, routers=[kpi_router, ops_router]
+        runtime,
+        title="partnerhub metrics",
+        description=DESCRIPTION,
+        routers=[kpi_router, ops_router],
+        consumer_status=False,  # its own: per projection, with rebuild floors
     )
     app.state.read_models = ReadModels(runtime.engine, partitions=settings.kafka_partitions)
     # Without an internal client the log APIs refuse us: heads (and so lag) are unknown.

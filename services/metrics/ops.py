@@ -90,6 +90,10 @@ async def consumer_status(
                 "error": row["error"],
                 "attempts": row["attempts"],
                 "parked_at": row["parked_at"].isoformat() if row["parked_at"] else None,
+                "replay": {
+                    "method": "POST",
+                    "path": f"/admin/services/metrics/consumers/{row['subscription']}/dead-letters/{row['id']}/replay",
+                },
             }
         )
     out: list[dict[str, Any]] = []

@@ -74,8 +74,13 @@ def create_service_app(
     description: str,
     routers: Sequence[APIRouter],
     with_relay: bool = True,
+    consumer_status: bool = True,
 ) -> FastAPI:
-    """A FastAPI app with the shared conventions of DESIGN.md §4 wired in."""
+    """A FastAPI app with the shared conventions of DESIGN.md §4 wired in.
+
+    Ops routes over the runtime's subscriptions come with it: dead-letter replay, and
+    `GET /admin/consumers` unless the service serves its own (`consumer_status=False`).
+    """
     settings = runtime.settings
     setup_telemetry(runtime.service, settings)
     if runtime.service != "gateway":
@@ -157,6 +162,9 @@ def create_service_app(
     app.include_router(log_router(runtime.store, Depends(require_scopes("events:read"))), tags=["events"])
     for router in routers:
         app.include_router(router)
+    from services.runtime.consumers import consumers_router, running_subscriptions
+
+    app.include_router(consumers_router(runtime, running_subscriptions(runtime), status=consumer_status))
 
     # Outermost last: request id → body limit → idempotency → app.
     app.add_middleware(IdempotencyMiddleware, now=runtime.clock.now)
