@@ -21,7 +21,7 @@ from pydantic import (
 
 from events.catalog import AgreementType, DueDiligencePhase, SlaTerms, Tier
 from services.onboarding.domain import CommandName, Status
-from services.runtime.text import OneLine
+from services.runtime.text import FreeText, OneLine
 
 
 def _number(value: Any) -> Any:
@@ -52,7 +52,7 @@ Score = Annotated[
 ]
 Percent = Annotated[float, BeforeValidator(_number), Field(gt=0, le=100)]
 Day = Annotated[date, BeforeValidator(_iso_date)]
-Text = Annotated[str, Field(max_length=5000)]
+Text = Annotated[FreeText, Field(max_length=5000)]
 _SLA_DEFAULTS = SlaTerms()
 
 

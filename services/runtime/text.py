@@ -1,10 +1,12 @@
-"""Text that request bodies may carry: one-line names without control characters.
+"""Text that request bodies may carry: one-line names, and free text without control characters.
 
 Names (a partner's, an integration's, a client's) end up in headers, logs, dashboards,
 CSV exports and PostgreSQL columns. A NUL cannot be stored in PostgreSQL text at all (a
 500 instead of a 422), a line break or an escape sequence forges log lines and terminal
 output, and the bidi override characters make a name display as something else
-("Trojan Source"). Any other unicode, emoji and combining marks included, is welcome.
+("Trojan Source"). Free text (findings, comments, reasons, descriptions) may span lines
+(tab, line feed and carriage return are kept) but refuses the same other characters.
+Any other unicode, emoji and combining marks included, is welcome.
 """
 
 from __future__ import annotations
@@ -30,3 +32,20 @@ def one_line(value: str) -> str:
 
 OneLine = Annotated[str, AfterValidator(one_line)]
 """A `str` field holding a one-line name; combine with `Field(min_length=…, max_length=…)`."""
+
+
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def free_text(value: str) -> str:
+    """`value` unless it holds a control character other than tab and line breaks, or a bidi override."""
+    for char in value:
+        if char in _LINE_BREAKS:
+            continue
+        if char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(f"must not contain control characters other than tab and line breaks (found U+{ord(char):04X})")
+    return value
+
+
+FreeText = Annotated[str, AfterValidator(free_text)]
+"""A `str` field holding free text (may span lines); combine with `Field(max_length=…)`."""

@@ -139,6 +139,15 @@ CASES: dict[str, Case] = {
     "integration_name_nul": Case("POST", "/v1/integrations", 422, VALIDATION, ("body", "name"), json={"partner_id": "ptn_limits", "kind": "sso", "name": "a\u0000b"}),
     "client_name_control_character": Case("POST", "/admin/clients", 422, VALIDATION, ("body", "name"), json=client(name="ops\u0007")),
     "client_name_emoji_accepted": Case("POST", "/admin/clients", 201, json=client(name="🚀 launch team")),
+    # --- control characters in free text (findings, comments, reasons, descriptions) ---------
+    "approval_comment_nul": Case("POST", "/v1/partners/ptn_limits/approvals", 422, VALIDATION, ("body", "comment"), json={"decision": "approve", "comment": "ok\u0000"}),
+    "due_diligence_findings_escape_sequence": Case("POST", "/v1/partners/ptn_limits/due-diligence", 422, VALIDATION, ("body", "findings"), json={"phase": "initial_screening", "passed": True, "findings": "\u001b[2J"}),
+    "satisfaction_comment_nul": Case("POST", "/v1/alliances/ptn_limits/satisfaction", 422, VALIDATION, ("body", "comment"), json={"score": 8, "comment": "fine\u0000"}),
+    "exit_reason_bidi_override": Case("POST", "/v1/alliances/ptn_limits/exit", 422, VALIDATION, ("body", "reason"), json={"reason": "cost\u202e", "notice_days": 30}),
+    "attempt_detail_nul": Case("POST", "/v1/integrations/int_limits/attempts", 422, VALIDATION, ("body", "detail"), json={"outcome": "failed", "detail": "timeout\u0000"}),
+    "retire_reason_bell": Case("POST", "/v1/integrations/int_limits/retire", 422, VALIDATION, ("body", "reason"), json={"reason": "done\u0007"}),
+    "webhook_description_nul": Case("POST", "/v1/webhooks/endpoints", 422, VALIDATION, ("body", "description"), json=endpoint(description="a\u0000b")),
+    "webhook_description_multiline_accepted": Case("POST", "/v1/webhooks/endpoints", 201, json=endpoint(description="line one\r\nline two\ttabbed")),
     # --- malformed and deeply nested JSON ------------------------------------------------------
     "body_not_json": Case("POST", "/v1/partners", 422, MALFORMED, content=b"{name: nope"),
     "body_invalid_utf8": Case("POST", "/v1/partners", 422, MALFORMED, content=b'{"name": "\xff\xfe"}'),

@@ -44,6 +44,7 @@ from services.runtime.pagination import (
     encode_cursor,
 )
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
+from services.runtime.text import FreeText
 
 router = APIRouter(prefix="/v1/alliances", tags=["alliances"])
 
@@ -76,18 +77,18 @@ class RenewalBody(_Body):
 
 
 class ExitBody(_Body):
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: FreeText = Field(min_length=1, max_length=1000)
     notice_days: int = Field(ge=0, le=MAX_NOTICE_DAYS)
 
 
 class TerminateBody(_Body):
     force: bool = Field(default=False, description="terminate before the notice period ends (needs a reason)")
-    reason: str = Field(default="", max_length=1000)
+    reason: FreeText = Field(default="", max_length=1000)
 
 
 class SatisfactionBody(_Body):
     score: float = Field(ge=0, le=10, allow_inf_nan=False, description="0-10")
-    comment: str = Field(default="", max_length=2000)
+    comment: FreeText = Field(default="", max_length=2000)
 
 
 # --- answers ----------------------------------------------------------------------------

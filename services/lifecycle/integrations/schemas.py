@@ -15,7 +15,7 @@ from services.lifecycle.integrations.domain import (
     IntegrationStatus,
     SlaStatus,
 )
-from services.runtime.text import OneLine
+from services.runtime.text import FreeText, OneLine
 
 # --- bodies -----------------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ class RegisterBody(_Body):
 
 class AttemptBody(_Body):
     outcome: Literal["succeeded", "failed"]
-    detail: str = Field(default="", max_length=2000)
+    detail: FreeText = Field(default="", max_length=2000)
     duration_ms: int | None = Field(default=None, ge=0, le=86_400_000)
 
 
@@ -49,7 +49,7 @@ class GoLiveBody(_Body):
 
 
 class RetireBody(_Body):
-    reason: str = Field(default="", max_length=1000)
+    reason: FreeText = Field(default="", max_length=1000)
 
 
 # --- answers ----------------------------------------------------------------------------

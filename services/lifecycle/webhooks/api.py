@@ -24,6 +24,7 @@ from services.runtime.auth import Identity, require_scopes
 from services.runtime.commands import check_if_match, etag, set_etag
 from services.runtime.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
+from services.runtime.text import FreeText
 
 Reader = Annotated[Identity, Depends(require_scopes("webhooks:read"))]
 Writer = Annotated[Identity, Depends(require_scopes("webhooks:write"))]
@@ -40,7 +41,7 @@ class EndpointIn(BaseModel):
 
     url: str = Field(min_length=1, max_length=MAX_URL_LENGTH, examples=["https://partner.example/webhooks"])
     event_types: EventTypes = Field(min_length=1, max_length=MAX_EVENT_TYPES, examples=[["integration.*", "sla.breached"]])
-    description: str = Field(default="", max_length=500)
+    description: FreeText = Field(default="", max_length=500)
     partner_id: str | None = Field(default=None, min_length=1, max_length=200, description="ops only")
 
 
@@ -51,7 +52,7 @@ class EndpointPatch(BaseModel):
 
     url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
     event_types: EventTypes | None = Field(default=None, min_length=1, max_length=MAX_EVENT_TYPES)
-    description: str | None = Field(default=None, max_length=500)
+    description: FreeText | None = Field(default=None, max_length=500)
     disabled: bool | None = None
 
     @model_validator(mode="after")
