@@ -2,8 +2,8 @@
 
 Health URLs come from partners, and the prober calls them from inside our network, so
 private, loopback, link-local and other non-global destinations are refused unless they
-are in `PARTNERHUB_WEBHOOK_ALLOW_NETS` (the same allow-list webhooks use; tests and the
-embedded default allow loopback).
+are in `PARTNERHUB_WEBHOOK_ALLOW_NETS`: the same rule and allow-list as webhooks
+(`services.runtime.addresses`); tests and the embedded default allow loopback.
 """
 
 from __future__ import annotations
@@ -11,29 +11,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from services.runtime.addresses import IPAddress, Network, networks, refusal
 
-
-def networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """Parsed allow-list entries (`127.0.0.0/8`, `::1`, …)."""
-    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
+__all__ = ["Network", "address_allowed", "host_allowed", "literal_allowed", "networks"]
 
 
-def address_allowed(address: Address, allow: tuple[Network, ...]) -> bool:
-    """A global address, or one inside an allow-listed network."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in net for net in allow if net.version == address.version):
-        return True
-    return address.is_global and not address.is_multicast
+def address_allowed(address: IPAddress, allow: tuple[Network, ...]) -> bool:
+    """A public address, or one inside an allow-listed network (the webhooks' rule)."""
+    return refusal(address, allow) is None
 
 
 def literal_allowed(host: str, allow: tuple[Network, ...]) -> bool | None:
     """For an IP-literal host (or `localhost`): whether it is allowed; None for a DNS name."""
-    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
         return address_allowed(ipaddress.ip_address("127.0.0.1"), allow)
     try:
         address = ipaddress.ip_address(host.strip("[]"))

@@ -9,8 +9,10 @@
   probe timeout), so a stuck endpoint holds only its own slot until the deadline, and a
   new probe of an integration is not started while its previous one is still running.
 - httpx without redirects: 2xx is up; a redirect, any other status, a timeout, a
-  connection error or a destination outside the allow-list is down. The body is never
-  read (the connection is closed after the status line and headers).
+  connection error or a destination outside the allow-list is down. Its transport
+  (`probe_transport.ProbeTransport`) resolves the host once, connects only to an address
+  the allow rule accepted (no DNS-rebinding gap) and closes after the status line; the
+  body is never read.
 - `integration.health_changed` is appended only when the status differs from the
   stream's (checked against the integration's state, appended at its version).
 """
@@ -28,17 +30,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.envelope import EventMetadata
+from events.leader import Leadership, leading
 from events.store import ConcurrencyError, EventStore
 from services.lifecycle.integrations import handlers
-from services.lifecycle.integrations.destinations import Network, host_allowed
+from services.lifecycle.integrations.destinations import Network
 from services.lifecycle.integrations.domain import ObserveHealth
+from services.lifecycle.integrations.probe_transport import DestinationRefused, ProbeTransport
 from services.lifecycle.tables import integrations
 from services.runtime.clock import Clock
 
@@ -90,6 +93,7 @@ class HealthProber:
         allow_nets: tuple[Network, ...] = (),
         refresh_interval: float = 5.0,
         tick: float = 0.1,
+        leadership: Leadership | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0 or concurrency < 1:
             raise ValueError("interval and timeout must be positive, concurrency at least 1")
@@ -109,6 +113,8 @@ class HealthProber:
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._refresh_now = asyncio.Event()
+        # Several replicas: only the holder of the lock probes (None: always this one).
+        self._leadership = leadership
         self.stats = ProbeStats()
 
     # --- component ----------------------------------------------------------------------
@@ -124,6 +130,8 @@ class HealthProber:
             limits=httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=0),
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
+            # One short connection per probe, to an address checked against the allow rule.
+            transport=ProbeTransport(self._allow),
         )
         self._task = asyncio.create_task(self._run(), name="lifecycle-prober")
 
@@ -137,6 +145,8 @@ class HealthProber:
                 await task
         self._task = None
         self._inflight.clear()
+        if self._leadership is not None:
+            await self._leadership.release()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -150,6 +160,14 @@ class HealthProber:
     async def _run(self) -> None:
         next_refresh = 0.0
         while True:
+            if not await leading(self._leadership):
+                # A standby: another replica probes. Forget the schedule; on taking over,
+                # the live integrations are read again at once.
+                self._targets.clear()
+                self._heap.clear()
+                next_refresh = 0.0
+                await asyncio.sleep(self._refresh_interval)
+                continue
             if time.monotonic() >= next_refresh or self._refresh_now.is_set():
                 self._refresh_now.clear()
                 try:
@@ -226,13 +244,11 @@ class HealthProber:
         def result(status: Literal["up", "down"], reason: str) -> ProbeResult:
             return ProbeResult(status, reason[:300], round((time.perf_counter() - started) * 1000, 2))
 
-        host = urlsplit(url).hostname or ""
         try:
             async with asyncio.timeout(self.timeout):
-                if not await host_allowed(host, self._allow):
-                    return result("down", f"destination {host} is not allowed (private or unresolvable)")
-                async with self._client.stream("GET", url) as response:
-                    pass  # the status line is the answer; the body is never read
+                response = await self._client.get(url)  # the status line is the answer
+        except DestinationRefused as exc:
+            return result("down", str(exc))
         except TimeoutError:
             return result("down", f"no answer within {self.timeout:g}s")
         except httpx.TimeoutException:

@@ -18,15 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from services.lifecycle.webhooks.domain import Destination
+from services.runtime.addresses import IPAddress, allow_listed, networks, refusal
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 """(host, port) -> the addresses the host resolves to."""
-
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2")
-)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class Refused(Exception):
@@ -42,39 +37,6 @@ async def system_resolve(host: str, port: int) -> list[str]:
         if address not in seen:
             seen.append(address)
     return seen
-
-
-def _kind(ip: IPAddress) -> str | None:
-    """Why `ip` is not public (None when it is)."""
-    if ip in METADATA_ADDRESSES:
-        return "cloud metadata"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast:
-        return "multicast"
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_private:
-        return "private"
-    if ip.is_reserved or not ip.is_global:
-        return "reserved"
-    return None
-
-
-def _embedded(ip: IPAddress) -> list[IPAddress]:
-    """IPv4 addresses carried inside an IPv6 one (mapped, 6to4, NAT64) — checked as well."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    inner: list[IPAddress] = []
-    if ip.ipv4_mapped is not None:
-        inner.append(ip.ipv4_mapped)
-    if ip.sixtofour is not None:
-        inner.append(ip.sixtofour)
-    if ip in _NAT64:
-        inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return inner
 
 
 _UNKNOWN = "?"
@@ -99,7 +61,7 @@ class SsrfGuard:
         resolve: Resolve = system_resolve,
         cache_ttl: float = 10.0,
     ) -> None:
-        self._allow = [ipaddress.ip_network(str(net), strict=False) for net in allow_nets]
+        self._allow = networks(allow_nets)
         self._resolve = resolve
         self._cache_ttl = cache_ttl
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
@@ -117,7 +79,7 @@ class SsrfGuard:
 
     def allow_listed(self, ip: IPAddress) -> bool:
         """Whether `ip` lies inside an allow-listed network."""
-        return any(ip.version == net.version and ip in net for net in self._allow)
+        return allow_listed(ip, self._allow)
 
     def refusal(self, address: str) -> str | None:
         """What kind of forbidden address `address` is ("private", "loopback", …); None when allowed."""
@@ -135,13 +97,7 @@ class SsrfGuard:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return "malformed"
-        if self.allow_listed(ip):
-            return None
-        for candidate in [*_embedded(ip), ip]:
-            kind = _kind(candidate)
-            if kind is not None:
-                return kind
-        return None
+        return refusal(ip, self._allow)
 
     async def check(self, destination: Destination) -> list[str]:
         """The addresses to connect to for `destination`; `Refused` when any is not allowed.
