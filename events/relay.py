@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,13 +37,14 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy import Table, case, select, text
+from sqlalchemy import Table, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
 from events.kafka import ensure_topics, make_producer, partition_for, topic_partitions
+from events.leader import Leadership
 from events.schema import relay_cursors
 from events.store import EventStore
 
@@ -122,7 +122,9 @@ class Relay:
         self.max_backoff = max_backoff
         self._now = now or (lambda: datetime.now(UTC))
         self._is_postgres = engine.dialect.name == "postgresql"
-        self._lock_key = _lock_key(f"partnerhub.relay:{name}:{topic}")
+        self._leadership = Leadership(
+            engine, f"partnerhub.relay:{name}:{topic}", check_interval=lock_retry_interval * 5
+        )
         # An explicit provider (tests, embedding) wins over the global one.
         self._tracer = trace.get_tracer("partnerhub.relay", tracer_provider=tracer_provider)
         self._traced_explicitly = tracer_provider is not None
@@ -131,8 +133,6 @@ class Relay:
         self._last: dict[int, int] = {}
         self._producer: AIOKafkaProducer | None = None
         self._inflight: _InFlight | None = None
-        self._lock_conn: AsyncConnection | None = None
-        self._next_lock_check = 0.0
         self._next_topic_check = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -445,47 +445,15 @@ class Relay:
     # --- the lock -----------------------------------------------------------------------
 
     async def _hold_lock(self) -> bool:
-        if not self._is_postgres:
-            return True
-        if self._lock_conn is not None:
-            if time.monotonic() < self._next_lock_check:
-                return True
-            try:
-                await self._lock_conn.execute(text("SELECT 1"))
-                self._next_lock_check = time.monotonic() + self.lock_retry_interval * 5
-                return True
-            except SQLAlchemyError as exc:
-                log.warning("relay %s: lost the relay lock connection: %r", self.topic, exc)
-                await self._disconnect()
-                await self._release_lock()
-        conn = await self.engine.connect()
-        try:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key})).scalar()
-        except BaseException:
-            await conn.invalidate()
-            await conn.close()
-            raise
-        if not got:
-            await conn.close()
-            return False
-        self._lock_conn = conn
-        self._next_lock_check = time.monotonic() + self.lock_retry_interval * 5
-        log.info("relay %s: took the relay lock", self.topic)
-        return True
+        had = self._leadership.held
+        held = await self._leadership.hold()
+        if had and not held:
+            # Another replica may be publishing now: stop producing at once.
+            await self._disconnect()
+        return held
 
     async def _release_lock(self) -> None:
-        conn, self._lock_conn = self._lock_conn, None
-        if conn is None:
-            return
-        try:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
-            await conn.close()
-        except (SQLAlchemyError, OSError):
-            # Closing the session for good releases the lock on the server.
-            with contextlib.suppress(SQLAlchemyError, OSError):
-                await conn.invalidate()
-                await conn.close()
+        await self._leadership.release()
 
 
 async def upsert_positions(
@@ -545,10 +513,6 @@ def kafka_record(event: RecordedEvent) -> tuple[bytes, bytes, list[tuple[str, by
 @lru_cache(maxsize=256)
 def _ce_header(attribute: str) -> str:
     return f"ce_{attribute}"
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _tracing_enabled() -> bool:

@@ -10,6 +10,7 @@ import importlib.util
 
 from fastapi import APIRouter, FastAPI
 
+from events.leader import Leadership
 from services.lifecycle.alliances.api import router as alliances_router
 from services.lifecycle.alliances.reactor import AllianceReactor, subscription_for
 from services.lifecycle.integrations.api import router as integrations_router
@@ -35,9 +36,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         interval=settings.probe_interval,
         timeout=settings.probe_timeout,
         allow_nets=networks(settings.webhook_allow_nets),
+        leadership=Leadership(runtime.engine, "partnerhub.lifecycle.prober"),
     )
     monitor = SlaMonitor(
-        engine=runtime.engine, store=runtime.store, clock=runtime.clock, check_interval=settings.probe_interval
+        engine=runtime.engine,
+        store=runtime.store,
+        clock=runtime.clock,
+        check_interval=settings.probe_interval,
+        leadership=Leadership(runtime.engine, "partnerhub.lifecycle.sla-monitor"),
     )
     reactor = AllianceReactor(runtime.store, runtime.engine)
     runtime.components.extend([prober, monitor])

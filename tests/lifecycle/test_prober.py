@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from events.leader import Leadership
 from services.lifecycle.integrations.destinations import networks
 from services.lifecycle.integrations.prober import HealthProber, _offset
 from tests.lifecycle.conftest import LOOPBACK, Components
@@ -173,6 +174,37 @@ async def test_destinations_outside_the_allow_list_are_down_without_a_request(
     assert server.hits["/up"] == 0
     (event,) = await components.events_of(iid, "integration.health_changed")
     assert "not allowed" in event.data["reason"]
+
+
+async def test_only_the_lock_holder_probes_and_a_standby_takes_over(
+    components: Components, server: HealthServer
+) -> None:
+    """Two replicas on one PostgreSQL: each integration is probed once per interval, not twice."""
+    if components.engine.dialect.name != "postgresql":
+        pytest.skip("one process owns a SQLite file: there is no second replica to elect against")
+    integration = await components.live_integration("ptn_a", server.url("/up"))
+
+    def replica() -> HealthProber:
+        return prober_for(components, leadership=Leadership(components.engine, "test.prober", check_interval=0.05))
+
+    first, second = replica(), replica()
+    await first.start()
+    await eventually(lambda: _targets(first, 1))
+    await second.start()
+    try:
+        components.clock.advance(30)
+        await round_done(first, 0, 1)
+        assert await components.health_of(integration) == ["up"]
+        assert second.stats.probes == 0 and not second._targets
+
+        await first.stop()  # gives the lock up; the standby takes over
+        await eventually(lambda: _targets(second, 1))
+        components.clock.advance(30)
+        await round_done(second, 0, 1)
+        assert first.stats.probes == 1
+    finally:
+        await second.stop()
+        await first.stop()
 
 
 async def _targets(prober: HealthProber, count: int) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.envelope import EventMetadata, RecordedEvent
+from events.leader import Leadership, leading
 from events.store import ConcurrencyError, EventStore
 from services.lifecycle.integrations import handlers
 from services.lifecycle.integrations.domain import SLA_WINDOW_HOURS, EvaluateSla
@@ -42,6 +43,7 @@ class SlaMonitor:
         clock: Clock,
         check_interval: float = 30.0,
         window_hours: int = SLA_WINDOW_HOURS,
+        leadership: Leadership | None = None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -49,6 +51,7 @@ class SlaMonitor:
         self._check_interval = check_interval
         self.window_hours = window_hours
         self._task: asyncio.Task[None] | None = None
+        self._leadership = leadership
 
     async def start(self) -> None:
         """Start evaluating every `check_interval` seconds."""
@@ -61,11 +64,14 @@ class SlaMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._leadership is not None:
+            await self._leadership.release()
 
     async def _run(self) -> None:
         while True:
             try:
-                await self.evaluate()
+                if await leading(self._leadership):  # one monitor per fleet
+                    await self.evaluate()
             except Exception:  # keep monitoring after a database hiccup
                 log.exception("SLA evaluation failed")
             await asyncio.sleep(self._check_interval)
