@@ -265,6 +265,7 @@ def test_observability_configs_wire_together() -> None:
         for t in sc["targets"]
     }
     assert f"metrics:{DEFAULT_PORTS['metrics']}" in targets
+    assert f"lifecycle:{DEFAULT_PORTS['lifecycle']}" in targets  # webhook queue depth
     assert "otel-collector:8889" in targets
     for target in targets - {"localhost:9090"}:
         assert target.split(":")[0] in services, target

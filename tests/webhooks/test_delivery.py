@@ -353,6 +353,15 @@ async def test_queue_depth_is_exposed(harness: Harness, receiver: Receiver) -> N
     assert depths == {endpoint["id"]: 4, quiet["id"]: 0}
     text = "\n".join(prometheus_lines(await queue_depths(harness.runtime.engine)))
     assert f'partnerhub_webhook_pending_messages{{endpoint_id="{endpoint["id"]}",partner_id="p-1",disabled="false"}} 4' in text
+    served = await harness.client.get("/metrics")
+    assert served.status_code == 200 and served.headers["content-type"].startswith("text/plain")
+    assert f'partnerhub_webhook_pending_messages{{endpoint_id="{quiet["id"]}",partner_id="p-2",disabled="false"}} 0' in served.text
+    ages = {
+        line.split("{")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in served.text.splitlines()
+        if line.startswith("partnerhub_webhook_oldest_pending_seconds{")
+    }
+    assert ages[quiet["id"]] == 0.0 and ages[endpoint["id"]] >= 0.0
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,16 +48,56 @@ async def queue_depths(engine: AsyncEngine) -> list[QueueDepth]:
     ]
 
 
-def prometheus_lines(depths: list[QueueDepth]) -> list[str]:
-    """`partnerhub_webhook_pending_messages` gauges in the Prometheus text format."""
+def prometheus_lines(depths: list[QueueDepth], *, now: datetime | None = None) -> list[str]:
+    """`partnerhub_webhook_pending_messages` gauges in the Prometheus text format.
+
+    With `now`, also `partnerhub_webhook_oldest_pending_seconds` (the age of each
+    endpoint's oldest waiting message; 0 when none waits): the alert that a queue is
+    stuck, where the depth alone only says it is long.
+    """
     lines = [
         "# HELP partnerhub_webhook_pending_messages Webhook messages waiting for delivery, per endpoint.",
         "# TYPE partnerhub_webhook_pending_messages gauge",
     ]
-    for depth in depths:
-        labels = f'endpoint_id="{depth.endpoint_id}",partner_id="{_escape(depth.partner_id)}",disabled="{str(depth.disabled).lower()}"'
-        lines.append(f"partnerhub_webhook_pending_messages{{{labels}}} {depth.pending}")
+    lines += [f"partnerhub_webhook_pending_messages{{{_labels(d)}}} {d.pending}" for d in depths]
+    if now is not None:
+        lines += [
+            "# HELP partnerhub_webhook_oldest_pending_seconds Age of the oldest message waiting, per endpoint.",
+            "# TYPE partnerhub_webhook_oldest_pending_seconds gauge",
+        ]
+        for depth in depths:
+            age = 0.0 if depth.oldest_created_at is None else max(0.0, (now - depth.oldest_created_at).total_seconds())
+            lines.append(f"partnerhub_webhook_oldest_pending_seconds{{{_labels(depth)}}} {age:.3f}")
     return lines
+
+
+def metrics_router(engine: AsyncEngine, now: Callable[[], datetime]) -> APIRouter:
+    """`GET /metrics` of the lifecycle service: webhook queue depth and age per endpoint.
+
+    Scraped directly by Prometheus inside the deployment (not routed by the gateway,
+    whose `/metrics` is the metrics service's KPIs), like the metrics service's own.
+    """
+    router = APIRouter(tags=["operations"])
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
+    )
+    async def metrics() -> Response:
+        """Webhook messages waiting per endpoint, and the age of each endpoint's oldest one."""
+        lines = prometheus_lines(await queue_depths(engine), now=now())
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return router
+
+
+def _labels(depth: QueueDepth) -> str:
+    return (
+        f'endpoint_id="{_escape(depth.endpoint_id)}",partner_id="{_escape(depth.partner_id)}",'
+        f'disabled="{str(depth.disabled).lower()}"'
+    )
 
 
 def _escape(value: str) -> str:

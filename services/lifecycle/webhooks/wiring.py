@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from events.envelope import RecordedEvent
 from services.lifecycle.webhooks.api import router
 from services.lifecycle.webhooks.dispatcher import SUBSCRIPTION_NAME, Dispatcher
+from services.lifecycle.webhooks.metrics import metrics_router
 from services.lifecycle.webhooks.secrets import SecretBox
 from services.lifecycle.webhooks.sender import Sender
 from services.lifecycle.webhooks.service import WebhookService
@@ -70,7 +71,8 @@ def build(
     components: list[Component] = [workers]
     if settings.kafka_bootstrap:
         components.append(subscription_for(runtime, dispatcher, **(subscription_options or {})))
-    return Webhooks(service, dispatcher, workers, guard, [router(service)], components)
+    routers = [router(service), metrics_router(runtime.engine, runtime.clock.now)]
+    return Webhooks(service, dispatcher, workers, guard, routers, components)
 
 
 def install(runtime: Runtime) -> tuple[list[APIRouter], list[Component]]:
@@ -93,6 +95,7 @@ def subscription_for(runtime: Runtime, dispatcher: Dispatcher, **options: Any) -
     options.setdefault("max_retries", settings.consumer_max_retries)
     options.setdefault("session_timeout_ms", settings.consumer_session_timeout_ms)
     options.setdefault("heartbeat_interval_ms", settings.consumer_heartbeat_interval_ms)
+    options.setdefault("fetch_max_wait_ms", settings.consumer_fetch_max_wait_ms)
     return Subscription(
         SUBSCRIPTION_NAME,
         sources=sources,
