@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import catalog as ev
 from events.envelope import RecordedEvent
@@ -27,6 +26,7 @@ from services.runtime.clock import ManualClock
 from services.runtime.db import create_engine
 from services.runtime.migrations import migrate
 from services.runtime.settings import Settings
+from tests.support.databases import fresh_database
 from tests.support.tokens import TestIssuer
 
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -106,26 +106,11 @@ async def any_db_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     """The metrics app on SQLite, and on PostgreSQL when PARTNERHUB_TEST_POSTGRES_URL is set."""
     if request.param == "postgres":
         server = request.getfixturevalue("postgres_url")
-        async with postgres_database(server) as url, _metrics_app(tmp_path, metrics_database_url=url) as m:
+        async with fresh_database(server, prefix="mx") as url, _metrics_app(tmp_path, metrics_database_url=url) as m:
             yield m
         return
     async with _metrics_app(tmp_path) as m:
         yield m
-
-
-@asynccontextmanager
-async def postgres_database(server_url: str) -> AsyncIterator[str]:
-    """A fresh, uniquely named database on the test PostgreSQL server, dropped afterwards."""
-    name = f"mx_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.dispose()
 
 
 @asynccontextmanager
