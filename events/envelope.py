@@ -95,31 +95,23 @@ class RecordedEvent:
 
     def to_json(self) -> dict[str, Any]:
         """The envelope in CloudEvents JSON (structured) shape, for the log API and dead letters."""
-        body: dict[str, Any] = {
-            "specversion": "1.0",
-            "id": self.event_id,
-            "source": f"/{self.source}",
-            "type": self.type,
-            "subject": self.stream_id,
-            "time": self.occurred_at.isoformat(),
-            "datacontenttype": DATACONTENTTYPE,
-            "dataschema": f"urn:partnerhub:{self.type}:v{self.schema_version}",
-            "partitionkey": self.partition_key,
-            "sequence": str(self.position).zfill(SEQUENCE_WIDTH),
-            "streamid": self.stream_id,
-            "streamversion": str(self.stream_version),
-            "recordedtime": self.recorded_at.isoformat(),
-            "data": self.data,
-        }
-        for name, value in (
-            ("traceparent", self.traceparent),
-            ("correlationid", self.correlation_id),
-            ("causationid", self.causation_id),
-            ("actor", self.actor),
-        ):
-            if value:
-                body[name] = value
-        return body
+        return envelope_json(
+            position=self.position,
+            event_id=self.event_id,
+            source=self.source,
+            stream_id=self.stream_id,
+            stream_version=self.stream_version,
+            type=self.type,
+            schema_version=self.schema_version,
+            data=self.data,
+            partition_key=self.partition_key,
+            occurred_at=self.occurred_at,
+            recorded_at=self.recorded_at,
+            traceparent=self.traceparent,
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+            actor=self.actor,
+        )
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RecordedEvent:
@@ -166,6 +158,56 @@ class RecordedEvent:
         if isinstance(data, bytes | str):
             data = orjson.loads(data)
         return cls._from_attributes(attrs, dict(data or {}))
+
+
+def envelope_json(
+    *,
+    position: int,
+    event_id: str,
+    source: str,
+    stream_id: str,
+    stream_version: int,
+    type: str,
+    schema_version: int,
+    data: Any,
+    partition_key: str,
+    occurred_at: datetime,
+    recorded_at: datetime,
+    traceparent: str | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    actor: str | None,
+) -> dict[str, Any]:
+    """A recorded event in CloudEvents JSON (structured) shape.
+
+    `data` is the payload: a dict, or an `orjson.Fragment` of the stored JSON text (the
+    log API passes payloads through without parsing them).
+    """
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"/{source}",
+        "type": type,
+        "subject": stream_id,
+        "time": occurred_at.isoformat(),
+        "datacontenttype": DATACONTENTTYPE,
+        "dataschema": f"urn:partnerhub:{type}:v{schema_version}",
+        "partitionkey": partition_key,
+        "sequence": str(position).zfill(SEQUENCE_WIDTH),
+        "streamid": stream_id,
+        "streamversion": str(stream_version),
+        "recordedtime": recorded_at.isoformat(),
+        "data": data,
+    }
+    if traceparent:
+        body["traceparent"] = traceparent
+    if correlation_id:
+        body["correlationid"] = correlation_id
+    if causation_id:
+        body["causationid"] = causation_id
+    if actor:
+        body["actor"] = actor
+    return body
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -57,12 +57,12 @@ def log_router(store: EventStore, require_scope_dependency: Any) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="At most this many events.")] = DEFAULT_LIMIT,
     ) -> Response:
         """Events after `after` in position order (scope `events:read`); the head position is in `X-Head-Position`."""
-        events = await store.read_all(after=after, limit=limit)
+        items = await store.read_all_json(after=after, limit=limit)
         # Read after the page so that the head is never below a position it contains.
         head = await store.head_position()
         body = {
-            "items": [event.to_json() for event in events],
-            "next_after": events[-1].position if events else after,
+            "items": items,
+            "next_after": int(items[-1]["sequence"]) if items else after,
             "head": head,
         }
         return Response(

@@ -83,6 +83,7 @@ def projection_subscriptions(runtime: Runtime, logs: SourceLogs) -> list[Subscri
             max_retries=settings.consumer_max_retries,
             session_timeout_ms=settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
             now=runtime.clock.now,
         )
     ]

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     consumer_max_retries: int = 5
     consumer_session_timeout_ms: int = 10_000
     consumer_heartbeat_interval_ms: int = 1_000
+    consumer_fetch_max_wait_ms: int = Field(default=25, ge=1, le=5_000)
 
     # OAuth / tokens.
     issuer: str | None = None

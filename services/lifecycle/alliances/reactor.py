@@ -103,6 +103,7 @@ def subscription_for(runtime: Runtime, reactor: AllianceReactor, **options: Any)
     options.setdefault("max_retries", settings.consumer_max_retries)
     options.setdefault("session_timeout_ms", settings.consumer_session_timeout_ms)
     options.setdefault("heartbeat_interval_ms", settings.consumer_heartbeat_interval_ms)
+    options.setdefault("fetch_max_wait_ms", settings.consumer_fetch_max_wait_ms)
     subscription: Component = Subscription(
         NAME,
         sources={
