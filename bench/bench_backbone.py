@@ -240,14 +240,20 @@ async def count_events(conn: AsyncConnection, events: list[RecordedEvent]) -> No
     per_partner: dict[str, int] = {}
     for event in events:
         per_partner[event.partition_key] = per_partner.get(event.partition_key, 0) + 1
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(partner_counts).values([{"partner_id": p, "events": n} for p, n in per_partner.items()])
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[partner_counts.c.partner_id],
-            set_={"events": partner_counts.c.events + stmt.excluded.events},
-        )
+    # One statement executed for many parameter sets: compiled once and cached, where a
+    # multi-row VALUES list would be compiled anew for every batch.
+    await conn.execute(_UPSERT[conn.dialect.name], [{"partner_id": p, "events": n} for p, n in per_partner.items()])
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    stmt = dialect_insert(partner_counts)
+    return stmt.on_conflict_do_update(
+        index_elements=[partner_counts.c.partner_id],
+        set_={"events": partner_counts.c.events + stmt.excluded.events},
     )
+
+
+_UPSERT = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
 
 
 def free_port() -> int:
