@@ -7,6 +7,7 @@ the Kafka binary-mode encoding so that any CloudEvents reader parses our records
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -208,6 +209,15 @@ def envelope_json(
     if actor:
         body["actor"] = actor
     return body
+
+
+def json_text(value: Any) -> str:
+    """JSON text of a payload: orjson, or the standard library for what orjson refuses
+    (integers past 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def _as_datetime(value: Any) -> datetime:

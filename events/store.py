@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import DomainEvent, event_class
-from events.envelope import EventMetadata, RecordedEvent, envelope_json
+from events.envelope import EventMetadata, RecordedEvent, envelope_json, json_text
 from events.schema import events_table
 
 ANY_VERSION: int | None = None
@@ -238,7 +238,10 @@ class EventStore:
                 versions[request.stream_id] = current
                 accepted.append((request, recorded))
             if rows:
-                await conn.execute(insert(events_table), rows)
+                if self._is_postgres:
+                    await conn.execute(_PG_INSERT, _pg_columns(rows))
+                else:
+                    await conn.execute(insert(events_table), rows)
             batched: dict[BatchApply, list[tuple[Any, list[RecordedEvent]]]] = {}
             for request, recorded in accepted:
                 effects = request.effects
@@ -440,6 +443,40 @@ def _head_query(postgres: bool) -> TextClause:
     if postgres:
         return text(f"SELECT {head}, s.id, {version.format(col='id')} FROM unnest(CAST(:ids AS varchar[])) AS s(id)")
     return text(f"SELECT {head}, s.value, {version.format(col='value')} FROM json_each(:ids) AS s")
+
+
+# PostgreSQL: a batch is one INSERT ... SELECT FROM unnest(<one array per column>): one
+# statement and one round trip, where executemany binds and executes once per row (the
+# insert took ~1.8 ms for a 32-event group commit, a third of the transaction).
+_PG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("position", "bigint"),
+    ("event_id", "varchar"),
+    ("stream_id", "varchar"),
+    ("stream_version", "integer"),
+    ("type", "varchar"),
+    ("schema_version", "integer"),
+    ("data", "text"),
+    ("partition_key", "varchar"),
+    ("occurred_at", "timestamptz"),
+    ("recorded_at", "timestamptz"),
+    ("traceparent", "varchar"),
+    ("correlation_id", "varchar"),
+    ("causation_id", "varchar"),
+    ("actor", "varchar"),
+)
+_PG_INSERT = text(
+    "INSERT INTO events ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names})".format(
+        names=", ".join(name for name, _ in _PG_COLUMNS),
+        values=", ".join(f"{name}::json" if name == "data" else name for name, _ in _PG_COLUMNS),
+        arrays=", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS),
+    )
+)
+
+
+def _pg_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name, _ in _PG_COLUMNS}
+    columns["data"] = [json_text(value) for value in columns["data"]]
+    return columns
 
 
 def _row(record: RecordedEvent) -> dict[str, Any]:

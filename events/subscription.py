@@ -243,8 +243,11 @@ class Subscription:
         upsert per partner instead of one per event, say); if it raises, the batch is
         applied again event by event with `handler`, which retries and parks as usual.
         `fetch_max_wait_ms` bounds how long a fetch waits for records: the embedded
-        broker answers a fetch only when this wait ends, so it is the floor of the
-        event → handler latency (Apache Kafka answers as soon as records arrive).
+        broker answers a fetch over several partitions only when this wait ends (measured:
+        a record reached the consumer after 66 ms at 200 ms, 6 ms at 25 ms), so it sets
+        the event → handler latency; each idle fetch costs the broker CPU (~10 % of a core
+        more at 25 ms than at 200 ms for the platform's consumers). Apache Kafka answers
+        as soon as records arrive.
         """
         if not sources:
             raise ValueError("a subscription needs at least one source")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from events.envelope import json_text
+
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and a directory to live in.
@@ -20,7 +21,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     with orjson, several times faster than the standard library on every append and read.
     """
     parsed = make_url(url)
-    json_options: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
+    json_options: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": orjson.loads}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -30,14 +31,6 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **json_options)
-
-
-def json_dumps(value: Any) -> str:
-    """JSON text of `value` (orjson; the standard library for what orjson refuses, e.g. ints past 64 bits)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return json.dumps(value)
 
 
 def _in_memory(url: str) -> bool:
