@@ -82,7 +82,7 @@ def _print_welcome(platform: Platform) -> None:
         f"[bold]dashboard[/]   {gateway}/dashboard",
         f"[bold]traces[/]      partnerhub traces --last 5   (spans in {platform.var_dir}/traces/)",
         "",
-        "[bold]first ops client[/] (kept in var/ops-client.json)",
+        f"[bold]first ops client[/] (kept in {Path(platform.var_dir) / 'ops-client.json'})",
         f"  client_id     {client['client_id']}",
         f"  client_secret {client['client_secret']}",
         "",

@@ -86,6 +86,8 @@ PATH_MATRIX: dict[str, Probe] = {
     "POST /v1/webhooks/messages/{message_id}/resend": Probe(own=frozenset({202, 409})),
     # metrics
     "GET /v1/kpis/partners/{partner_id}": Probe(),
+    # every service: replaying a parked event is for ops only (403 before any id is looked at)
+    "POST /admin/consumers/{subscription}/dead-letters/{dead_letter_id}/replay": FORBIDDEN_TO_PARTNERS,
 }
 
 # Operations that take a partner's id as a query filter: `?partner_id=<B>`.
@@ -119,6 +121,9 @@ PARAM_SOURCE = {
     "endpoint_id": "endpoint_id",
     "message_id": "message_id",
     "client_id": "client_id",
+    # ops-only routes (FORBIDDEN_TO_PARTNERS): any tenant value serves as the target
+    "subscription": "partner_id",
+    "dead_letter_id": "partner_id",
 }
 
 

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.lifecycle.webhooks.tables import endpoints, messages
+from services.runtime.auth import authenticate
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +86,16 @@ def metrics_router(engine: AsyncEngine, now: Callable[[], datetime]) -> APIRoute
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Webhook messages waiting per endpoint, and the age of each endpoint's oldest one."""
-        lines = prometheus_lines(await queue_depths(engine), now=now())
+        depths = await queue_depths(engine)
+        # Prometheus scrapes without a token and sees every endpoint; a caller that sends
+        # one is judged by it (zero trust: a partner token sees only its own endpoints).
+        if "authorization" in request.headers:
+            caller = await authenticate(request)
+            if not caller.is_ops:
+                depths = [d for d in depths if caller.partner_id and d.partner_id == caller.partner_id]
+        lines = prometheus_lines(depths, now=now())
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return router
