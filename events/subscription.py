@@ -308,7 +308,7 @@ class Subscription:
         if self._task is not None and not self._task.done():
             return
         if self._log_client is None and self._log_reader is None:
-            self._own_client = httpx.AsyncClient(timeout=30.0)
+            self._own_client = httpx.AsyncClient(timeout=30.0)  # one per subscription, for its lifetime
             self._log_client = self._own_client
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"subscription:{self.name}")

@@ -14,6 +14,7 @@ from services.gateway.denylist import read_revocations
 from services.gateway.oauth import metadata
 from services.runtime.auth import Identity, Ops, require_scopes
 from services.runtime.commands import metadata_for
+from services.runtime.http import async_client
 from services.runtime.pagination import INT64_MAX, Cursor, Limit, Page, decode_cursor, encode_cursor
 from services.runtime.problems import PROBLEM_SCHEMA, Problem, not_found
 from services.runtime.settings import Settings
@@ -294,7 +295,7 @@ async def _onboarding_head(settings: Settings) -> int | None:
 
     try:
         token = await TokenProvider(settings)()
-        async with httpx.AsyncClient(timeout=3.0) as http:
+        async with async_client(timeout=3.0) as http:
             response = await http.get(
                 settings.url_of("onboarding") + "/internal/events",
                 params={"after": 0, "limit": 1},

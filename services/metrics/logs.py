@@ -13,6 +13,7 @@ import orjson
 from events.envelope import RecordedEvent
 from events.store import EventStore
 from services.metrics.projections import SOURCES
+from services.runtime.http import async_client
 from services.runtime.settings import Settings
 
 TokenSource = Callable[[], Awaitable[str]]
@@ -46,7 +47,7 @@ class HttpLogReader:
     ) -> None:
         self._urls = urls or {s: settings.url_of(s) for s in SOURCES}
         self._token = token
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._client = async_client(timeout=timeout)
 
     async def read(self, source: str, *, after: int, limit: int) -> tuple[list[RecordedEvent], int]:
         """Up to `limit` events of `source` after `after`, and its head position."""

@@ -21,6 +21,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from services.runtime.http import async_client
 from services.runtime.problems import Problem
 
 LEEWAY_SECONDS = 60
@@ -164,7 +165,7 @@ class TokenVerifier:
                 raise InvalidToken("unknown signing key")
             self._last_fetch = time.monotonic()
             try:
-                async with httpx.AsyncClient(timeout=5.0) as client:
+                async with async_client(timeout=5.0) as client:
                     response = await client.get(self._jwks_url)
                     response.raise_for_status()
                     self._keys = KeySet.import_key_set(response.json())

@@ -30,6 +30,7 @@ from events.subscription import (
     replay_dead_letter,
 )
 from services.runtime.auth import Ops
+from services.runtime.http import async_client
 from services.runtime.problems import PROBLEM_SCHEMA, Problem
 
 PARKED_SHOWN = 100
@@ -77,7 +78,7 @@ class Heads:
             return None
         try:
             headers = {"Authorization": f"Bearer {await self._token()}"}
-            async with httpx.AsyncClient(timeout=5.0) as client:
+            async with async_client(timeout=5.0) as client:
                 response = await client.get(
                     f"{runtime.settings.url_of(source)}/internal/events",
                     params={"limit": 1},

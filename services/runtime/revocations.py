@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
+from services.runtime.http import async_client
 
 if TYPE_CHECKING:
     from services.runtime.app import Runtime
@@ -166,7 +166,7 @@ def gateway_fetch(base_url: str, token: Callable[[], Awaitable[str]], *, timeout
     url = base_url.rstrip("/") + "/internal/revocations"
 
     async def fetch(after: int, limit: int) -> list[Revocation]:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with async_client(timeout=timeout) as client:
             response = await client.get(
                 url,
                 params={"after": after, "limit": limit},

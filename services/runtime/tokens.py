@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
-
+from services.runtime.http import async_client
 from services.runtime.settings import Settings
 
 
@@ -27,7 +26,7 @@ class TokenProvider:
         """A valid access token."""
         async with self._lock:
             if self._token is None or time.monotonic() > self._expires - 60:
-                async with httpx.AsyncClient(timeout=10.0) as client:
+                async with async_client(timeout=10.0) as client:
                     response = await client.post(
                         self._token_url,
                         data={"grant_type": "client_credentials", "scope": self._scope},

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import APIRouter
 
@@ -19,6 +18,7 @@ from services.lifecycle.webhooks.service import WebhookService
 from services.lifecycle.webhooks.ssrf import SsrfGuard
 from services.lifecycle.webhooks.workers import DeliveryWorkers
 from services.runtime.app import Component, Runtime
+from services.runtime.http import async_client
 from services.runtime.tokens import TokenProvider
 
 # Services whose topics the dispatcher follows (each one's events may concern a partner).
@@ -124,7 +124,7 @@ class _LogReader:
         headers = {"Accept": "application/json"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {await self._token()}"
-        async with httpx.AsyncClient(timeout=30.0) as client:
+        async with async_client(timeout=30.0) as client:
             response = await client.get(
                 f"{runtime.settings.url_of(source)}/internal/events",
                 params={"after": after, "limit": limit},
