@@ -26,7 +26,7 @@ from services.metrics import tables as t
 from services.metrics.logs import SourceHeads
 from services.metrics.projections import PROJECTIONS, SOURCES
 from services.metrics.readmodel import ReadModels, Window, parked_counts, source_name
-from services.runtime.auth import Ops, authenticate
+from services.runtime.auth import Ops, metrics_audience
 
 STATIC_DIR = Path(__file__).parent / "static"
 PARKED_SHOWN = 20
@@ -252,11 +252,7 @@ async def metrics(request: Request) -> Response:
     # Prometheus scrapes this service directly, without a token, and sees every partner.
     # Through the gateway (scope kpis:read) a partner client sees only its own series:
     # other partners' ids and KPIs are theirs (tests/hardening/test_isolation.py).
-    only_partner = None
-    if "authorization" in request.headers:
-        caller = await authenticate(request)
-        only_partner = None if caller.is_ops else (caller.partner_id or "")
-    text = await prometheus_text(request, only_partner=only_partner)
+    text = await prometheus_text(request, only_partner=await metrics_audience(request))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

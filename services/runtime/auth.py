@@ -239,6 +239,19 @@ async def authenticate(request: Request) -> Identity:
 Caller = Annotated[Identity, Depends(authenticate)]
 
 
+async def metrics_audience(request: Request) -> str | None:
+    """Whose series a `GET /metrics` caller may see: None for every partner's, else one partner id.
+
+    Prometheus scrapes a service directly inside the deployment and sends no token: it
+    sees everything. A caller that sends a token is judged by it (zero trust): ops see
+    everything, a partner client only its own partner's series ("" when it has none).
+    """
+    if "authorization" not in request.headers:
+        return None
+    caller = await authenticate(request)
+    return None if caller.is_ops else (caller.partner_id or "")
+
+
 def require_scopes(*scopes: str) -> Callable[[Identity], Awaitable[Identity]]:
     """Dependency factory: the caller must hold every one of `scopes` (ops hold them all)."""
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.lifecycle.webhooks.tables import endpoints, messages
-from services.runtime.auth import authenticate
+from services.runtime.auth import metrics_audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +89,9 @@ def metrics_router(engine: AsyncEngine, now: Callable[[], datetime]) -> APIRoute
     async def metrics(request: Request) -> Response:
         """Webhook messages waiting per endpoint, and the age of each endpoint's oldest one."""
         depths = await queue_depths(engine)
-        # Prometheus scrapes without a token and sees every endpoint; a caller that sends
-        # one is judged by it (zero trust: a partner token sees only its own endpoints).
-        if "authorization" in request.headers:
-            caller = await authenticate(request)
-            if not caller.is_ops:
-                depths = [d for d in depths if caller.partner_id and d.partner_id == caller.partner_id]
+        audience = await metrics_audience(request)  # a partner token sees only its own endpoints
+        if audience is not None:
+            depths = [d for d in depths if d.partner_id == audience]
         lines = prometheus_lines(depths, now=now())
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
 
