@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from tests.support.databases import fresh_database  # noqa: E402
 from tests.support.platform import free_port  # noqa: E402
 from tests.support.tokens import OPS_SCOPES, TestIssuer  # noqa: E402
 
@@ -169,21 +166,12 @@ async def jwks_server(issuer: TestIssuer) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def fresh_postgres(url: str | None) -> AsyncIterator[str | None]:
+    """A throw-away database on `url`'s server (None without a server)."""
     if url is None:
         yield None
         return
-    name = f"bench_onboarding_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with fresh_database(url, prefix="bench_onboarding") as database_url:
+        yield database_url
 
 
 @contextlib.asynccontextmanager
