@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
 import pytest
 
 from events.envelope import RecordedEvent
-from events.store import EventStore
-from tests.events.conftest import LOG_TOKEN, append_many, log_client
+from events.store import EventStore, NewEvent
+from tests.events.conftest import LOG_TOKEN, append_many, applied, log_client
 
 AUTH = {"Authorization": f"Bearer {LOG_TOKEN}"}
 
@@ -58,3 +61,26 @@ async def test_the_log_needs_the_callers_credentials(sqlite_store: EventStore) -
     assert anonymous.status_code == 401
     assert invalid_and_anonymous.status_code in (401, 422)
     assert "items" not in anonymous.text
+
+
+async def test_log_pages_match_each_events_own_json_to_the_byte(store: EventStore) -> None:
+    """The log API has the database format timestamps; they must read exactly as `to_json`'s."""
+    times = [
+        datetime(2025, 6, 1, 10, 0, 0, tzinfo=UTC),  # no fraction: isoformat() leaves it out
+        datetime(2025, 6, 1, 10, 0, 0, 500, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2025, 6, 1, 12, 0, 0, 120000, tzinfo=timezone(timedelta(hours=2))),  # stored in UTC
+    ]
+    for n, at in enumerate(times):
+        await store.append(
+            stream_id=f"partner-t{n}", expected_version=0, events=[NewEvent(applied(f"t{n}"), occurred_at=at)]
+        )
+
+    served = await store.read_all_json(after=0, limit=100)
+    stored = await store.read_all(after=0, limit=100)
+
+    assert [orjson.loads(orjson.dumps(item)) for item in served] == [e.to_json() for e in stored]
+    assert served[0]["time"] == "2025-06-01T10:00:00+00:00"
+    assert served[1]["time"] == "2025-06-01T10:00:00.000500+00:00"
+    assert served[3]["time"] == "2025-06-01T10:00:00.120000+00:00"
+    assert [RecordedEvent.from_json(orjson.loads(orjson.dumps(item))) for item in served] == stored
