@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
 from events.kafka import ensure_topics, partition_for, topic_partitions
+from events.readahead import read_ahead
 from events.relay import PREV_POSITION_HEADER, TRACEPARENT_HEADER, upsert_positions
 from events.schema import checkpoints, dead_letters
 
@@ -225,6 +226,7 @@ class Subscription:
         batch_handler: BatchHandler | None = None,
         batch_size: int = 500,
         catchup_page_size: int = 1000,
+        catchup_read_ahead: int = 2,
         retry_backoff: float = 0.1,
         idle_catchup_interval: float = 5.0,
         broker_check_interval: float = 1.0,
@@ -266,6 +268,7 @@ class Subscription:
         self.batch_handler = batch_handler
         self.batch_size = batch_size
         self.catchup_page_size = catchup_page_size
+        self.catchup_read_ahead = catchup_read_ahead
         self.retry_backoff = retry_backoff
         self.idle_catchup_interval = idle_catchup_interval
         self.broker_check_interval = broker_check_interval
@@ -608,26 +611,20 @@ class Subscription:
             watermark.raise_to(lowest)
         else:
             watermark.reset(lowest)
-        size = self.catchup_page_size
-        # The next page is read while this one applies: the source serves it while our
-        # transaction runs, which roughly halves a long catch-up's wall time.
-        reading = asyncio.ensure_future(self._read_log(source, watermark.low, size))
-        try:
-            while not self._stopping.is_set():
-                page = await reading
-                if not page:
-                    break
-                full = len(page) >= size
-                if full:
-                    reading = asyncio.ensure_future(self._read_log(source, page[-1].position, size))
+        # The next pages are requested while this one applies: the source formats them
+        # while our transaction runs (events/readahead.py).
+        pages = read_ahead(
+            lambda after, limit: self._read_log(source, after, limit),
+            after=watermark.low,
+            limit=self.catchup_page_size,
+            ahead=self.catchup_read_ahead,
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
                 items = [_Item(source, partition_for(e.partition_key.encode(), info.partitions), e) for e in page]
                 await self._apply(items)
-                if not full:
+                if self._stopping.is_set():
                     break
-        finally:
-            reading.cancel()  # a no-op when it was read; retrieves a prefetch we will not use
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
 
     async def _read_log(self, source: str, after: int, limit: int) -> list[RecordedEvent]:
         if self._log_reader is not None:

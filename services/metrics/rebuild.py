@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
+from events.readahead import read_ahead
 from events.schema import checkpoints
 from services.metrics.projections import SOURCES, Projection
 from services.metrics.readmodel import source_name
@@ -200,15 +202,17 @@ class Rebuilder:
         self, source: str, after: int, pages: asyncio.Queue[tuple[str, list[RecordedEvent]] | None]
     ) -> None:
         """Put `source`'s pages after `after` on `pages`, then None."""
+
+        async def read(start: int, limit: int) -> list[RecordedEvent]:
+            events, head = await self.reader.read(source, after=start, limit=limit)
+            self.progress.heads[source] = max(head, self.progress.heads.get(source, 0))
+            return events
+
         try:
-            while True:
-                events, head = await self.reader.read(source, after=after, limit=self.page_size)
-                self.progress.heads[source] = max(head, self.progress.heads.get(source, 0))
-                if events:
-                    await pages.put((source, events))
-                    after = events[-1].position
-                if len(events) < self.page_size:
-                    return
+            # The next page is requested while this one is folded (events/readahead.py).
+            async with contextlib.aclosing(read_ahead(read, after=after, limit=self.page_size, ahead=2)) as reading:
+                async for events in reading:
+                    await pages.put((source, list(events)))
         finally:
             await pages.put(None)
 

@@ -22,6 +22,7 @@ from events.catalog import PartnerApplied, PartnerDueDiligenceCompleted
 from events.log_api import log_router
 from events.schema import store_metadata
 from events.store import EventStore
+from services.runtime.db import create_engine
 
 
 def utcnow() -> datetime:
@@ -82,7 +83,8 @@ def topic() -> str:
 
 
 async def sqlite_engine(path: Path) -> AsyncEngine:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    """A SQLite file opened as the services open theirs (WAL, busy timeout, orjson)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
     async with engine.begin() as conn:
         await conn.run_sync(store_metadata.create_all)
     return engine
