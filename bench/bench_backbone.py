@@ -5,7 +5,8 @@
 - relay: a filled store published to the embedded Tansu broker (events/s until the
   broker acknowledged the last one);
 - subscription catch-up: a subscription reading the log API of another process over
-  HTTP into a count-per-partner read model; and the same read model fed from Kafka.
+  HTTP into a count-per-partner read model, timed from start until caught up; and the
+  same read model fed from Kafka.
 
     python -m bench.bench_backbone
     python -m bench.bench_backbone --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test
@@ -311,17 +312,21 @@ async def bench_catch_up(
             manual_assignment=True,
             catchup_page_size=page,
         )
-        with Clock() as clock:
-            await subscription.start()
-            try:
+        # Timed from start until caught up; stopping (closing the Kafka consumer it opens
+        # to follow on, ~0.15 s) is reported apart: it is not catching up.
+        try:
+            with Clock() as clock:
+                await subscription.start()
                 await subscription.wait_caught_up(600)
-            finally:
+        finally:
+            with Clock() as stopping:
                 await subscription.stop()
     assert subscription.applied == events, (subscription.applied, events)
     return {
         "events": events,
         "page": page,
         "seconds": round(clock.wall, 3),
+        "stop_seconds": round(stopping.wall, 3),
         "cpu_seconds": round(clock.cpu, 3),
         "events_per_s": round(events / clock.wall),
         "events_per_cpu_s": round(events / clock.cpu) if clock.cpu else None,
@@ -457,7 +462,9 @@ def results_of(details: dict[str, Any]) -> list[dict[str, Any]]:
                 "unit": "events/s",
                 "peer": per_event["events_per_s"],
                 "ratio": round(batched["events_per_s"] / per_event["events_per_s"], 2),
-                "note": "one multi-row upsert per 1,000-event page; peer: per-event handler",
+                "goal": "≥ 20,000 events/s",
+                "note": "one multi-row upsert per 1,000-event page, two pages read ahead; timed from start "
+                f"to caught up (stopping took {batched.get('stop_seconds', 0)} s more); peer: per-event handler",
             }
         )
     return rows

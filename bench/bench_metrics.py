@@ -178,7 +178,7 @@ async def bench_rebuild(total: int, work: Path) -> dict[str, Any]:
             return issuer.mint("bench", "events:read")
 
         reader = HttpLogReader(settings, token)
-        rebuilder = Rebuilder(engine, reader, list(PROJECTIONS.values()), now=clock.now, retire_after=0, page_size=10_000)
+        rebuilder = Rebuilder(engine, reader, list(PROJECTIONS.values()), now=clock.now, retire_after=0)
         result = await rebuilder.run()
 
         # Peer: the live path over the same events (a subscription's catch-up), on a sample.

@@ -18,8 +18,8 @@ from services.metrics.app import internal_token
 from services.metrics.logs import HttpLogReader, SourceHeads, TokenSource
 from services.metrics.ops import consumer_status
 from services.metrics.projections import PROJECTIONS
+from services.metrics.rebuild import DEFAULT_PAGE_SIZE, Rebuilder, RebuildResult
 from services.metrics.rebuild import Progress as RebuildProgress
-from services.metrics.rebuild import Rebuilder, RebuildResult
 from services.metrics.writer import ensure_projections, projections_named
 from services.runtime.clock import SystemClock
 from services.runtime.db import create_engine
@@ -42,7 +42,7 @@ def rebuild(
         None, "--token", envvar="PARTNERHUB_LOG_TOKEN",
         help="bearer token with scope events:read (default: the internal client's, PARTNERHUB_INTERNAL_CLIENT_*)",
     ),
-    page_size: int = typer.Option(5000, min=1, max=10_000, help="events per log API page"),
+    page_size: int = typer.Option(DEFAULT_PAGE_SIZE, min=1, max=10_000, help="events per log API page"),
 ) -> None:
     """Replay every source's log from position 0 into fresh tables and swap them in atomically."""
     if name is not None and name not in PROJECTIONS:

@@ -27,7 +27,9 @@ LIVE_SUBSCRIPTION = "metrics.projections"
 """The one subscription that feeds every projection live (see consumers.py for why one)."""
 
 
-@dataclass(frozen=True, slots=True)
+# Insert and Merge are built for every event a rebuild replays: slotted but not frozen,
+# as a frozen dataclass pays one object.__setattr__ per field (see RecordedEvent).
+@dataclass(slots=True)
 class Insert:
     """A new event-level fact row."""
 
@@ -35,7 +37,7 @@ class Insert:
     values: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Merge:
     """An upsert into a keyed row: `set` overwrites, `earliest` keeps the minimum non-null."""
 
