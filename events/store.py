@@ -89,10 +89,18 @@ class NewEvent:
 
 
 @dataclass(slots=True)
+class _Prepared:
+    """A validated `NewEvent` and its payload as it will be stored."""
+
+    new: NewEvent
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
 class _Append:
     stream_id: str
     expected_version: int | None
-    events: list[NewEvent]
+    events: list[_Prepared]
     metadata: EventMetadata
     effects: Effects | BatchedEffects | None
     future: asyncio.Future[list[RecordedEvent]]
@@ -229,10 +237,10 @@ class EventStore:
                     )
                     continue
                 recorded: list[RecordedEvent] = []
-                for new in request.events:
+                for prepared in request.events:
                     head += 1
                     current += 1
-                    record = self._record(new, request, position=head, version=current, recorded_at=recorded_at)
+                    record = self._record(prepared, request, position=head, version=current, recorded_at=recorded_at)
                     recorded.append(record)
                     rows.append(_row(record))
                 versions[request.stream_id] = current
@@ -261,8 +269,9 @@ class EventStore:
         return results
 
     def _record(
-        self, new: NewEvent, request: _Append, *, position: int, version: int, recorded_at: datetime
+        self, prepared: _Prepared, request: _Append, *, position: int, version: int, recorded_at: datetime
     ) -> RecordedEvent:
+        new = prepared.new
         event = new.event
         occurred_at = new.occurred_at or recorded_at
         partner_id = getattr(event, "partner_id", None)
@@ -275,7 +284,7 @@ class EventStore:
             stream_version=version,
             type=event.type,
             schema_version=event.schema_version,
-            data=event.payload(),
+            data=prepared.data,
             partition_key=str(partner_id or request.stream_id),
             occurred_at=occurred_at,
             recorded_at=recorded_at,
@@ -411,13 +420,20 @@ class _EffectsFailed(Exception):
         self.original = original
 
 
-def _validated(new: NewEvent) -> NewEvent:
+def _validated(new: NewEvent) -> _Prepared:
+    """`new` with the payload to store, once that payload is known to read back as its model.
+
+    The payload (JSON-ready) is what readers validate (`events.catalog.parse_event`), so it
+    is what is checked here: a model built with `model_construct` or otherwise unchecked
+    cannot put an event into the store that its readers would refuse.
+    """
     event = new.event
     try:
         cls = event_class(event.type)
         if type(event) is not cls:
             raise InvalidEvent(f"{type(event).__name__} is not the catalog model of {event.type}")
-        cls.model_validate(event.model_dump())
+        data = event.payload()
+        cls.model_validate(data)
     except ValidationError as exc:
         raise InvalidEvent(f"{event.type} does not match its schema: {exc.errors(include_url=False)}") from exc
     except LookupError as exc:
@@ -428,7 +444,7 @@ def _validated(new: NewEvent) -> NewEvent:
         uuid.UUID(new.event_id)
     except ValueError as exc:
         raise InvalidEvent(f"event id {new.event_id!r} is not a UUID") from exc
-    return new
+    return _Prepared(new, data)
 
 
 def _head_query(postgres: bool) -> TextClause:
