@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, insert, select, update
@@ -19,7 +19,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
-from events.schema import UTCDateTime
 from services.metrics import tables as t
 from services.metrics.projections import PROJECTIONS, Change, Insert, Projection, merged
 
@@ -199,21 +198,7 @@ class BatchApplier:
 def _bind_processor(table: Table, name: str, conn: AsyncConnection) -> Any:
     """The driver-level conversion of column `name` (None: the value passes as is)."""
     column_type = table.c[name].type
-    if isinstance(column_type, UTCDateTime) and conn.dialect.name == "sqlite":
-        return _sqlite_utc_text
     return column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-
-
-def _sqlite_utc_text(value: datetime | None) -> str | None:
-    """What `UTCDateTime` and SQLite's DATETIME bind together make of `value`, in one step
-    (`YYYY-MM-DD HH:MM:SS.ffffff`, naive UTC): ~5x cheaper per fact a rebuild inserts."""
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTCDateTime column")
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 async def clear_generation(conn: AsyncConnection, projection: Projection, generation: int) -> None:
