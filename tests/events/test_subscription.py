@@ -194,11 +194,18 @@ async def test_read_model_stays_exact_when_the_broker_restarts_mid_stream(
             await wait_until(lambda: relay.cursor == 150, message="all relayed")
             await wait_until(lambda: subscription.applied >= 30, message="some events applied over Kafka")
             assert subscription.catchups == 1 and subscription.applied < 150
-            writer = asyncio.create_task(write(10))
+            # Hold the Kafka consumer still (paused partitions are not fetched) so that the
+            # next records are relayed and acknowledged but never read before the broker
+            # loses them; left running, it could prefetch everything and lose nothing.
+            kafka = subscription._consumer
+            assert kafka is not None
+            kafka.pause(*kafka.assignment())
+            await write(10)
+            await wait_until(lambda: relay.cursor == 450, message="the next records relayed")
             await broker.stop()  # everything in it is gone: relayed, not yet consumed records too
-            await asyncio.sleep(0.2)
             await broker.start()  # same port, empty
-            await writer
+            with contextlib.suppress(Exception):  # the subscription may have replaced it by now
+                kafka.resume(*kafka.assignment())
             await write(3)
 
             expected = await expected_counts(sqlite_store)
