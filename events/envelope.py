@@ -122,23 +122,25 @@ class RecordedEvent:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RecordedEvent:
-        """Inverse of `to_json` (log API catch-up, dead-letter replay).
+        """Inverse of `to_json` (log API catch-up, dead-letter replay)."""
+        return cls._from_attributes(body, body.get("data") or {})
 
-        The hot path of every catch-up and rebuild (one call per event read), so it
-        reads the attributes `to_json` always writes directly and builds positionally.
-        """
-        get = body.get
+    @classmethod
+    def _from_attributes(cls, attrs: dict[str, Any], data: dict[str, Any]) -> RecordedEvent:
+        # The hot path of every catch-up and rebuild (one call per event read): the
+        # attributes are read directly and the event is built positionally.
+        get = attrs.get
         schema = get("dataschema") or ""
-        time = body["time"]
+        time = attrs["time"]
         return cls(
-            int(body["sequence"]),
-            body["id"],
-            body["source"].lstrip("/"),
-            get("streamid") or body["subject"],
-            int(body["streamversion"]),
-            body["type"],
+            int(attrs["sequence"]),
+            attrs["id"],
+            attrs["source"].lstrip("/"),
+            get("streamid") or attrs["subject"],
+            int(attrs["streamversion"]),
+            attrs["type"],
             int(schema.rsplit(":v", 1)[1]) if ":v" in schema else 1,
-            get("data") or {},
+            data,
             get("partitionkey") or "",
             _as_datetime(time),
             _as_datetime(get("recordedtime") or time),
@@ -146,28 +148,6 @@ class RecordedEvent:
             get("correlationid"),
             get("causationid"),
             get("actor"),
-        )
-
-    @classmethod
-    def _from_attributes(cls, attrs: dict[str, Any], data: dict[str, Any]) -> RecordedEvent:
-        schema = str(attrs.get("dataschema") or "")
-        schema_version = int(schema.rsplit(":v", 1)[1]) if ":v" in schema else 1
-        return cls(
-            position=int(attrs["sequence"]),
-            event_id=str(attrs["id"]),
-            source=str(attrs["source"]).lstrip("/"),
-            stream_id=str(attrs.get("streamid") or attrs.get("subject")),
-            stream_version=int(attrs["streamversion"]),
-            type=str(attrs["type"]),
-            schema_version=schema_version,
-            data=data,
-            partition_key=str(attrs.get("partitionkey") or ""),
-            occurred_at=_as_datetime(attrs["time"]),
-            recorded_at=_as_datetime(attrs.get("recordedtime") or attrs["time"]),
-            traceparent=attrs.get("traceparent"),
-            correlation_id=attrs.get("correlationid"),
-            causation_id=attrs.get("causationid"),
-            actor=attrs.get("actor"),
         )
 
     def to_kafka(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:

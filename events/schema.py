@@ -35,45 +35,39 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTCDateTime column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return None if value is None else _aware_utc(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return _read_utc(value)
 
     def bind_processor(self, dialect: Dialect) -> Any:
         if dialect.name == "sqlite":
-            return sqlite_utc_text
+            return _sqlite_text
         return super().bind_processor(dialect)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name == "sqlite":
-            return _sqlite_utc_datetime
+            return _read_utc
         return super().result_processor(dialect, coltype)
 
 
-def sqlite_utc_text(value: datetime | None) -> str | None:
-    """`value` as SQLite stores a `UTCDateTime`: naive UTC text with six fraction digits."""
-    if value is None:
-        return None
+def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is not UTC:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTCDateTime column")
         value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    return value
 
 
-def _sqlite_utc_datetime(value: Any) -> datetime | None:
+def _sqlite_text(value: datetime | None) -> str | None:
+    """`value` as SQLite stores a `UTCDateTime`: naive UTC text with six fraction digits."""
+    if value is None:
+        return None
+    return _aware_utc(value).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
+def _read_utc(value: Any) -> datetime | None:
+    """A stored value (SQLite text or a driver's datetime) as an aware UTC datetime."""
     if value is None:
         return None
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)

@@ -173,7 +173,7 @@ class Rebuilder:
         sources, only on the order within one), each a page ahead of the folding, and
         facts are inserted (in the database driver's thread) while reading goes on.
         """
-        pages: asyncio.Queue[tuple[str, list[RecordedEvent]] | None] = asyncio.Queue(maxsize=2 * len(self.sources))
+        pages: asyncio.Queue[tuple[str, Sequence[RecordedEvent]] | None] = asyncio.Queue(maxsize=2 * len(self.sources))
         readers = [asyncio.create_task(self._read_source(source, positions[source], pages)) for source in self.sources]
         flushing: asyncio.Task[None] | None = None
         remaining = len(readers)
@@ -203,7 +203,7 @@ class Rebuilder:
         await self._insert(applier, applier.take_facts())
 
     async def _read_source(
-        self, source: str, after: int, pages: asyncio.Queue[tuple[str, list[RecordedEvent]] | None]
+        self, source: str, after: int, pages: asyncio.Queue[tuple[str, Sequence[RecordedEvent]] | None]
     ) -> None:
         """Put `source`'s pages after `after` on `pages`, then None."""
 
@@ -216,7 +216,7 @@ class Rebuilder:
             # The next page is requested while this one is folded (events/readahead.py).
             async with contextlib.aclosing(read_ahead(read, after=after, limit=self.page_size, ahead=2)) as reading:
                 async for events in reading:
-                    await pages.put((source, list(events)))
+                    await pages.put((source, events))
         finally:
             await pages.put(None)
 
