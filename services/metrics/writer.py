@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, TextClause, and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
@@ -45,13 +44,28 @@ async def generations(conn: AsyncConnection) -> dict[str, int]:
     return {name: found.get(name, FIRST_GENERATION) for name in PROJECTIONS}
 
 
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Any:
-    """INSERT that skips rows whose key exists (a re-applied event changes nothing)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return insert(table)
+_INSERTS: dict[tuple[Table, tuple[str, ...], str], TextClause] = {}
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table, columns: Iterable[str]) -> TextClause:
+    """INSERT of `columns` that skips rows whose key exists (a re-applied event changes nothing).
+
+    Text, built once per table and column set: SQLAlchemy does not cache the dialects'
+    `insert().on_conflict_do_nothing()`, so that construct was compiled for every fact.
+    PostgreSQL and SQLite (3.24+) read the same `ON CONFLICT DO NOTHING`.
+    """
+    dialect = conn.dialect
+    key = (table, tuple(sorted(columns)), dialect.name)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        quote = dialect.identifier_preparer.quote
+        names = key[1]
+        statement = text(
+            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) "
+            f"VALUES ({', '.join(':' + c for c in names)}) ON CONFLICT DO NOTHING"
+        ).bindparams(*(bindparam(c, type_=table.c[c].type) for c in names))
+        _INSERTS[key] = statement
+    return statement
 
 
 def _key_clause(table: Table, generation: int, key: dict[str, Any]) -> Any:
@@ -62,7 +76,8 @@ async def apply_change(conn: AsyncConnection, generation: int, change: Change) -
     """Apply one change to `generation` of its table."""
     table = change.table
     if isinstance(change, Insert):
-        await conn.execute(_insert_ignoring_duplicates(conn, table), {**change.values, "generation": generation})
+        values = {**change.values, "generation": generation}
+        await conn.execute(_insert_ignoring_duplicates(conn, table, values), values)
         return
     where = _key_clause(table, generation, change.key)
     existing = (await conn.execute(select(table).where(where))).mappings().first()
