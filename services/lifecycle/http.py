@@ -61,15 +61,17 @@ def command_errors(*, if_match: bool) -> Iterator[None]:
         ) from exc
 
 
-def _store(request: Request) -> EventStore:
+# async on purpose: FastAPI runs a plain `def` dependency in a worker thread, three thread
+# round trips per request here for what is an attribute lookup.
+async def _store(request: Request) -> EventStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def _engine(request: Request) -> AsyncEngine:
+async def _engine(request: Request) -> AsyncEngine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def _clock(request: Request) -> Clock:
+async def _clock(request: Request) -> Clock:
     return request.app.state.clock  # type: ignore[no-any-return]
 
 
