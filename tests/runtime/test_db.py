@@ -1,0 +1,127 @@
+"""The services' engines: SQLite keeps its connections and its writers take turns."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.runtime import db
+from services.runtime.db import create_engine
+
+
+async def test_sqlite_keeps_pool_size_connections_open_between_requests(tmp_path: Path) -> None:
+    # SQLAlchemy's default for a SQLite file keeps five; each further connection was
+    # opened (a thread, the file, the pragmas) and closed again by every request.
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}", pool_size=8)
+    all_open = asyncio.Event()
+    opened = 0
+
+    async def request() -> None:
+        nonlocal opened
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            opened += 1
+            if opened == 8:
+                all_open.set()
+            await all_open.wait()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(request() for _ in range(8))), 10)
+        assert engine.sync_engine.pool.checkedin() == 8  # type: ignore[attr-defined]
+        async with engine.connect() as conn:  # a connection from the pool, not a new one
+            assert engine.sync_engine.pool.checkedin() == 7  # type: ignore[attr-defined]
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+    finally:
+        await engine.dispose()
+
+
+async def _table(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+
+
+async def test_sqlite_writers_take_turns_instead_of_failing_on_the_busy_timeout(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
+    await _table(engine)
+    first_wrote = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            first_wrote.set()
+            await asyncio.sleep(0.3)  # holds SQLite's write lock meanwhile
+            order.append("first commits")
+
+    async def second() -> None:
+        await first_wrote.wait()
+        async with engine.begin() as conn:
+            # Without turns this connection would sleep in SQLite's busy handler and give
+            # up after 50 ms ("database is locked"); with them it waits for its turn.
+            await conn.execute(text("PRAGMA busy_timeout=50"))
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+            order.append("second wrote")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(first(), second()), 10)
+        assert order == ["first commits", "second wrote"]
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_a_sqlite_turn_ends_with_a_rollback_or_a_failed_statement(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
+    await _table(engine)
+    try:
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                raise RuntimeError("handler failed")
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+        async with engine.connect() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (3)"))
+            await conn.rollback()
+        async with asyncio.timeout(2):  # every turn above was given back
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (4)"))
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [4]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_sqlite_writer_that_waits_past_the_lock_timeout_gets_database_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_LOCK_TIMEOUT", 0.2)
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
+    await _table(engine)
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    try:
+        await holding.wait()
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+    finally:
+        release.set()
+        await holder
+        await engine.dispose()
