@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -41,9 +42,11 @@ class JsonLinesSpanExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = [json.dumps(span_to_dict(span), separators=(",", ":")) for span in spans]
-        with self._lock, self._path.open("a", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
+        # orjson: the exporter thread holds the GIL while it encodes, so this is time the
+        # service's event loop waits for (json.dumps was ~4 % of a busy service's CPU).
+        data = b"".join(orjson.dumps(span_to_dict(span)) + b"\n" for span in spans)
+        with self._lock, self._path.open("ab") as out:
+            out.write(data)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -103,9 +106,16 @@ def instrument_app(app: Any, engine: Any) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.instrumentation.utils import unwrap
+    from sqlalchemy.engine import Engine
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    # Without the ASGI `http send`/`http receive` spans (two or three per request, each
+    # a few microseconds long) and the SQLAlchemy `connect` span of every pool checkout
+    # (one per statement or transaction): a third of all spans, recording nothing a
+    # trace reader uses. Requests, SQL statements, Kafka sends and consumer spans stay.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine)
+    unwrap(Engine, "connect")
 
 
 def current_traceparent() -> str | None:
