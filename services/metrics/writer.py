@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
 from services.metrics import tables as t
-from services.metrics.projections import PROJECTIONS, Change, Insert, Projection, merged
+from services.metrics.projections import PROJECTIONS, Change, Insert, Merge, Projection, merged
 
 FIRST_GENERATION = 1
 
@@ -79,9 +79,19 @@ async def apply_change(conn: AsyncConnection, generation: int, change: Change) -
         values = {**change.values, "generation": generation}
         await conn.execute(_insert_ignoring_duplicates(conn, table, values), values)
         return
-    where = _key_clause(table, generation, change.key)
+    await merge_changes(conn, table, generation, change.key, [change])
+
+
+async def merge_changes(
+    conn: AsyncConnection, table: Table, generation: int, key: dict[str, Any], changes: Sequence[Merge]
+) -> None:
+    """Apply `changes` (all to the row `key` of `generation`), in order: one read, one write."""
+    where = _key_clause(table, generation, key)
     existing = (await conn.execute(select(table).where(where))).mappings().first()
-    row = merged(dict(existing) if existing is not None else None, change)
+    row = dict(existing) if existing is not None else None
+    for change in changes:
+        row = merged(row, change)
+    assert row is not None
     if existing is None:
         await conn.execute(insert(table), {**row, "generation": generation})
         return
@@ -104,16 +114,53 @@ class LiveApplier:
         changes = projection.changes(event)
         if not changes:
             return False
-        transaction = conn.sync_connection.get_transaction() if conn.sync_connection is not None else None
-        claimed = self._claimed.setdefault(transaction, {}) if transaction is not None else {}
-        generation = claimed.get(projection.name)
-        if generation is None:
-            generation = claimed[projection.name] = await claim_generation(conn, projection.name)
+        generation = await self._generation(conn, projection.name)
         if event.position <= await self._floor(conn, projection.name, generation, event.source):
             return False
         for change in changes:
             await apply_change(conn, generation, change)
         return True
+
+    async def apply_batch(
+        self, conn: AsyncConnection, projections: Sequence[Projection], events: Sequence[RecordedEvent]
+    ) -> None:
+        """Apply `events` to every projection, leaving what `apply` on each in turn leaves.
+
+        In fewer statements: the facts of a table go in one executemany, and a keyed row
+        that several events change is read and written once, with the changes folded in
+        event order. Tables belong to one projection each, so only the order within a
+        table matters, and it is kept.
+        """
+        facts: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+        keyed: dict[tuple[Table, int, tuple[tuple[str, Any], ...]], list[Merge]] = {}
+        for projection in projections:
+            generation: int | None = None
+            for event in events:
+                changes = projection.changes(event)
+                if not changes:
+                    continue
+                if generation is None:
+                    generation = await self._generation(conn, projection.name)
+                if event.position <= await self._floor(conn, projection.name, generation, event.source):
+                    continue
+                for change in changes:
+                    if isinstance(change, Insert):
+                        values = {**change.values, "generation": generation}
+                        facts.setdefault((change.table, tuple(sorted(values))), []).append(values)
+                    else:
+                        keyed.setdefault((change.table, generation, tuple(change.key.items())), []).append(change)
+        for (table, columns), rows in facts.items():
+            await conn.execute(_insert_ignoring_duplicates(conn, table, columns), rows)
+        for (table, generation, key), merges in keyed.items():
+            await merge_changes(conn, table, generation, dict(key), merges)
+
+    async def _generation(self, conn: AsyncConnection, name: str) -> int:
+        transaction = conn.sync_connection.get_transaction() if conn.sync_connection is not None else None
+        claimed = self._claimed.setdefault(transaction, {}) if transaction is not None else {}
+        generation = claimed.get(name)
+        if generation is None:
+            generation = claimed[name] = await claim_generation(conn, name)
+        return generation
 
     async def _floor(self, conn: AsyncConnection, name: str, generation: int, source: str) -> int:
         key = (name, generation, source)
