@@ -35,6 +35,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PARTNERHUB_TRACING", "off")
@@ -241,8 +243,6 @@ async def bench_rebuild(total: int, work: Path) -> dict[str, Any]:
 
 
 async def bench_live(rates: list[float], seconds: float, work: Path) -> dict[str, Any]:
-    import httpx
-
     from tests.support.platform import running_platform
 
     async with running_platform(work / "platform") as platform:
@@ -273,30 +273,33 @@ async def bench_live(rates: list[float], seconds: float, work: Path) -> dict[str
             if time.monotonic() > deadline:
                 raise RuntimeError("alliance did not start")
             await asyncio.sleep(0.05)
-        # Attempts on one integration would conflict (one stream, expected versions): spread them.
+        # Attempts on one integration would conflict (one stream, expected versions): spread
+        # them over more integrations than there are commands in flight.
         iids = [
             (await ops.post("/v1/integrations", json={"partner_id": pid, "kind": "rest_api", "name": f"i{n}"})).json()["id"]
-            for n in range(40)
+            for n in range(128)
         ]
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        commands = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, limits=limits, timeout=60)
-        poller = httpx.AsyncClient(base_url=platform.gateway, headers=ops.headers, timeout=60)
-        try:
+        # aiohttp, as bench_onboarding: httpx's pool held 64 concurrent requests to 65-72/s
+        # with a p99 of 3.5 s where the platform served 178/s (same run, same commands).
+        headers = {"Authorization": ops.headers["Authorization"]}
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with (
+            aiohttp.ClientSession(platform.gateway, headers=headers, timeout=timeout,
+                                  connector=aiohttp.TCPConnector(limit=64)) as commands,
+            aiohttp.ClientSession(platform.gateway, headers=headers, timeout=timeout) as poller,
+        ):
             return {f"{rate:g}/s": await _freshness(commands, poller, iids, rate, seconds) for rate in rates}
-        finally:
-            await commands.aclose()
-            await poller.aclose()
 
 
 async def _freshness(
     commands: Any, poller: Any, iids: list[str], rate: float, seconds: float
 ) -> dict[str, Any]:
     """Record attempts at `rate` (at most 64 in flight) while polling the KPI back to back."""
-    import httpx
 
     async def today_count() -> int:
-        r = await poller.get("/v1/kpis/series", params={"kpi": "integration_success_rate", "days": 1})
-        return int(r.json()["series"]["integration_success_rate"]["points"][-1]["sample_size"])
+        async with poller.get("/v1/kpis/series", params={"kpi": "integration_success_rate", "days": "1"}) as r:
+            doc = await r.json()
+        return int(doc["series"]["integration_success_rate"]["points"][-1]["sample_size"])
 
     baseline = await today_count()
     accepted: list[float] = []
@@ -309,20 +312,23 @@ async def _freshness(
         iid = iids[n % len(iids)]
         async with in_flight:
             try:
-                r = await commands.post(f"/v1/integrations/{iid}/attempts", json={"outcome": "succeeded" if n % 20 else "failed"})
-            except httpx.HTTPError as exc:
+                body = {"outcome": "succeeded" if n % 20 else "failed"}
+                async with commands.post(f"/v1/integrations/{iid}/attempts", json=body) as r:
+                    await r.read()
+                    status = r.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
-        if r.status_code == 200:
+        if status == 200:
             accepted.append(time.monotonic())
         else:
-            errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+            errors[str(status)] = errors.get(str(status), 0) + 1
 
     async def poll() -> None:
         while not stop.is_set():
             try:
                 count = await today_count()
-            except httpx.HTTPError:
+            except (aiohttp.ClientError, TimeoutError):
                 continue
             polls.append((time.monotonic(), count - baseline))
 
