@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -26,7 +27,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from services.runtime.settings import Settings
 
@@ -75,13 +79,54 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+# The first word of the span names the SQLAlchemy and httpx instrumentations give.
+_INSTRUMENTED_CALLS = frozenset(
+    {
+        "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK",
+        "SAVEPOINT", "RELEASE", "CREATE", "DROP", "ALTER", "connect",
+        "GET", "HEAD", "POST", "PUT", "PATCH", "OPTIONS",
+    }
+)
+
+
+class NoBackgroundClientTraces(Sampler):
+    """Root sampler: a database statement or HTTP call that would start a trace of its own is not recorded.
+
+    Inside a request, a consumer's `process` span, a relay `send` or a webhook delivery,
+    such calls are children and are recorded as before (`ParentBased`). Alone, they come
+    from background loops: the relay reading its store every 50 ms, checkpoint reads, the
+    revocation poller. Each became a one-span trace, 12–14 a second per idle service,
+    burying the traces ops look for. Spans of our own (`webhook.deliver`, `send …`,
+    `process …`) and every server span still start traces.
+    """
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT and name.split(" ", 1)[0] in _INSTRUMENTED_CALLS:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+
+    def get_description(self) -> str:
+        return "NoBackgroundClientTraces"
+
+
 def setup_telemetry(service: str, settings: Settings) -> TracerProvider | None:
     """Install the tracer provider and JSON logging for this process (once per process)."""
     setup_logging(service, settings.log_level)
     if service in _configured or os.environ.get("PARTNERHUB_TRACING") == "off":
         return None
     _configured.add(service)
-    provider = TracerProvider(resource=Resource.create({"service.name": f"partnerhub-{service}"}))
+    # OTEL_TRACES_SAMPLER, when set, is the operator's choice and wins (the SDK reads it).
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(root=NoBackgroundClientTraces())
+    provider = TracerProvider(resource=Resource.create({"service.name": f"partnerhub-{service}"}), sampler=sampler)
     if settings.trace_file:
         provider.add_span_processor(
             BatchSpanProcessor(JsonLinesSpanExporter(settings.traces_path / f"{service}.jsonl"), schedule_delay_millis=500)
