@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -37,15 +37,14 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy import Table, TextClause, bindparam, select, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Table, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
 from events.kafka import ensure_topics, make_producer, partition_for, topic_partitions
 from events.leader import Leadership
-from events.schema import relay_cursors
+from events.schema import insert_text, relay_cursors
 from events.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -470,35 +469,18 @@ async def upsert_positions(
     """Insert or raise `position` for each row (a position never moves backwards)."""
     if not rows:
         return
-    await conn.execute(_upsert_statement(table, tuple(keys), conn.dialect), [{**row, "updated_at": now} for row in rows])
+    keys = tuple(keys)
+    statement = insert_text(table, (*keys, "position", "updated_at"), conn.dialect, _raise_position(keys))
+    await conn.execute(statement, [{**row, "updated_at": now} for row in rows])
 
 
-_UPSERTS: dict[tuple[Table, tuple[str, ...], str], TextClause] = {}
-
-
-def _upsert_statement(table: Table, keys: tuple[str, ...], dialect: Dialect) -> TextClause:
-    """`upsert_positions`' statement for `table`, built once per table, keys and dialect.
-
-    Written as text, because SQLAlchemy cannot cache the dialects' `insert().on_conflict_*`
-    constructs: built with them, every checkpoint and cursor write was compiled again
-    (~1 ms, the largest single cost of a relay or consumer transaction). PostgreSQL and
-    SQLite (3.24+) read the same `ON CONFLICT ... DO UPDATE` clause.
-    """
-    cache_key = (table, keys, dialect.name)
-    statement = _UPSERTS.get(cache_key)
-    if statement is None:
-        quote = dialect.identifier_preparer.quote
-        name = quote(table.name)
-        columns = [*keys, "position", "updated_at"]
-        statement = text(
-            f"INSERT INTO {name} ({', '.join(map(quote, columns))}) "
-            f"VALUES ({', '.join(':' + c for c in columns)}) "
-            f"ON CONFLICT ({', '.join(map(quote, keys))}) DO UPDATE SET "
-            f"position = CASE WHEN excluded.position > {name}.position THEN excluded.position "
-            f"ELSE {name}.position END, updated_at = excluded.updated_at"
-        ).bindparams(*(bindparam(c, type_=table.c[c].type) for c in columns))
-        _UPSERTS[cache_key] = statement
-    return statement
+@cache
+def _raise_position(keys: tuple[str, ...]) -> str:
+    """`upsert_positions`' conflict clause: the row keeps the larger position."""
+    return (
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET position = CASE WHEN excluded.position > "
+        "{table}.position THEN excluded.position ELSE {table}.position END, updated_at = excluded.updated_at"
+    )
 
 
 def kafka_record(event: RecordedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:

@@ -14,12 +14,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, TextClause, and_, bindparam, delete, insert, select, text, update
+from sqlalchemy import Table, and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
+from events.schema import insert_text
 from services.metrics import tables as t
-from services.metrics.projections import PROJECTIONS, Change, Insert, Merge, Projection, merged
+from services.metrics.projections import PROJECTIONS, Insert, Merge, Projection, merged
 
 FIRST_GENERATION = 1
 
@@ -44,42 +45,8 @@ async def generations(conn: AsyncConnection) -> dict[str, int]:
     return {name: found.get(name, FIRST_GENERATION) for name in PROJECTIONS}
 
 
-_INSERTS: dict[tuple[Table, tuple[str, ...], str], TextClause] = {}
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table, columns: Iterable[str]) -> TextClause:
-    """INSERT of `columns` that skips rows whose key exists (a re-applied event changes nothing).
-
-    Text, built once per table and column set: SQLAlchemy does not cache the dialects'
-    `insert().on_conflict_do_nothing()`, so that construct was compiled for every fact.
-    PostgreSQL and SQLite (3.24+) read the same `ON CONFLICT DO NOTHING`.
-    """
-    dialect = conn.dialect
-    key = (table, tuple(sorted(columns)), dialect.name)
-    statement = _INSERTS.get(key)
-    if statement is None:
-        quote = dialect.identifier_preparer.quote
-        names = key[1]
-        statement = text(
-            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) "
-            f"VALUES ({', '.join(':' + c for c in names)}) ON CONFLICT DO NOTHING"
-        ).bindparams(*(bindparam(c, type_=table.c[c].type) for c in names))
-        _INSERTS[key] = statement
-    return statement
-
-
 def _key_clause(table: Table, generation: int, key: dict[str, Any]) -> Any:
     return and_(table.c.generation == generation, *(table.c[c] == v for c, v in key.items()))
-
-
-async def apply_change(conn: AsyncConnection, generation: int, change: Change) -> None:
-    """Apply one change to `generation` of its table."""
-    table = change.table
-    if isinstance(change, Insert):
-        values = {**change.values, "generation": generation}
-        await conn.execute(_insert_ignoring_duplicates(conn, table, values), values)
-        return
-    await merge_changes(conn, table, generation, change.key, [change])
 
 
 async def merge_changes(
@@ -109,17 +76,9 @@ class LiveApplier:
         # The pointer lock is held until the transaction ends: claim it once per transaction.
         self._claimed: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
-    async def apply(self, conn: AsyncConnection, projection: Projection, event: RecordedEvent) -> bool:
-        """Apply `event` (False when the projection ignores it or already has it)."""
-        changes = projection.changes(event)
-        if not changes:
-            return False
-        generation = await self._generation(conn, projection.name)
-        if event.position <= await self._floor(conn, projection.name, generation, event.source):
-            return False
-        for change in changes:
-            await apply_change(conn, generation, change)
-        return True
+    async def apply(self, conn: AsyncConnection, projection: Projection, event: RecordedEvent) -> None:
+        """Apply `event` to `projection` (nothing when it ignores the event or already has it)."""
+        await self.apply_batch(conn, [projection], [event])
 
     async def apply_batch(
         self, conn: AsyncConnection, projections: Sequence[Projection], events: Sequence[RecordedEvent]
@@ -150,7 +109,8 @@ class LiveApplier:
                     else:
                         keyed.setdefault((change.table, generation, tuple(change.key.items())), []).append(change)
         for (table, columns), rows in facts.items():
-            await conn.execute(_insert_ignoring_duplicates(conn, table, columns), rows)
+            # A fact already there (a re-applied event) is skipped.
+            await conn.execute(insert_text(table, columns, conn.dialect, "ON CONFLICT DO NOTHING"), rows)
         for (table, generation, key), merges in keyed.items():
             await merge_changes(conn, table, generation, dict(key), merges)
 
