@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -124,4 +126,75 @@ async def test_a_sqlite_writer_that_waits_past_the_lock_timeout_gets_database_lo
     finally:
         release.set()
         await holder
+        await engine.dispose()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every call queued for an aiosqlite connection's thread, by function name."""
+    seen: list[str] = []
+    queue = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await queue(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return seen
+
+
+async def test_a_sqlite_statement_is_one_trip_to_the_connection_thread(tmp_path: Path, trips: list[str]) -> None:
+    # SQLAlchemy's stock adapter made four trips per SELECT (cursor, execute, fetchall,
+    # close) and three per write; the pool's rollback after a read made one more.
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}")
+    try:
+        await _table(engine)
+        async with engine.connect() as conn:  # a warm pooled connection
+            await conn.execute(text("SELECT 1"))
+        trips.clear()
+
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        assert trips == ["_run_statement"]  # no rollback of a transaction that never began
+
+        trips.clear()
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        assert trips == ["_run_statement", "commit"]
+
+        trips.clear()
+        async with engine.connect() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+        assert trips == ["_run_statement", "rollback"]  # an open write transaction still rolls back
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1]
+    finally:
+        await engine.dispose()
+
+
+async def test_one_trip_statements_report_rows_counts_and_errors_as_before(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'results.db'}")
+    try:
+        await _table(engine)
+        async with engine.begin() as conn:
+            inserted = await conn.execute(text("INSERT INTO t VALUES (:n)"), [{"n": 1}, {"n": 2}, {"n": 3}])
+            assert inserted.rowcount == 3
+            single = await conn.execute(text("INSERT INTO t VALUES (10)"))
+            assert single.lastrowid == 10
+            updated = await conn.execute(text("UPDATE t SET n = n + 100 WHERE n < 3"))
+            assert updated.rowcount == 2
+            result = await conn.execute(text("SELECT n, n * 2 AS twice FROM t ORDER BY n"))
+            assert list(result.keys()) == ["n", "twice"]
+            assert [tuple(row) for row in result] == [(3, 6), (10, 20), (101, 202), (102, 204)]
+            assert (await conn.execute(text("SELECT n FROM t WHERE n < 0"))).first() is None
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (4)"))
+                await conn.execute(text("INSERT INTO t VALUES (3)"))
+        async with engine.connect() as conn:  # the failed transaction left nothing behind
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 4
+        async with engine.connect() as conn:
+            streamed = await conn.stream(text("SELECT n FROM t ORDER BY n"))  # server-side cursor
+            assert [row[0] async for row in streamed] == [3, 10, 101, 102]
+    finally:
         await engine.dispose()
