@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Text, TextClause, case, cast, func, insert, select, text
+from sqlalchemy import Select, Text, TextClause, bindparam, case, cast, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -249,7 +250,7 @@ class EventStore:
                 if self._is_postgres:
                     await conn.execute(_PG_INSERT, _pg_columns(rows))
                 else:
-                    await conn.execute(insert(events_table), rows)
+                    await conn.execute(_INSERT, rows)
             batched: dict[BatchApply, list[tuple[Any, list[RecordedEvent]]]] = {}
             for request, recorded in accepted:
                 effects = request.effects
@@ -298,24 +299,15 @@ class EventStore:
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
         """Events of one stream in version order."""
-        query = (
-            select(events_table)
-            .where(events_table.c.stream_id == stream_id, events_table.c.stream_version > after_version)
-            .order_by(events_table.c.stream_version)
-        )
+        params = {"stream_id": stream_id, "after_version": after_version}
         async with self.engine.connect() as conn:
-            return [self._from_row(row._mapping) for row in (await conn.execute(query)).all()]
+            return [self._from_row(row._mapping) for row in (await conn.execute(_READ_STREAM, params)).all()]
 
     async def read_all(self, *, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         """Events after `after` in position order, at most `limit`."""
-        query = (
-            select(events_table)
-            .where(events_table.c.position > after)
-            .order_by(events_table.c.position)
-            .limit(limit)
-        )
         async with self.engine.connect() as conn:
-            return [self._from_row(row._mapping) for row in (await conn.execute(query)).all()]
+            rows = (await conn.execute(_READ_ALL, {"after": after, "limit": limit})).all()
+        return [self._from_row(row._mapping) for row in rows]
 
     async def read_all_json(self, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """`read_all` in CloudEvents JSON form, for the log API.
@@ -325,20 +317,9 @@ class EventStore:
         (`_iso_utc`): a 1,000-event page costs ~18 ms instead of ~26 with datetimes
         parsed and formatted again in Python (and ~39 for `read_all` + `to_json`).
         """
-        e = events_table.c
-        dialect = self.engine.dialect.name
-        query = (
-            select(
-                e.position, e.event_id, e.stream_id, e.stream_version, e.type, e.schema_version,
-                cast(e.data, Text), e.partition_key, _iso_utc(e.occurred_at, dialect),
-                _iso_utc(e.recorded_at, dialect), e.traceparent, e.correlation_id, e.causation_id, e.actor,
-            )
-            .where(e.position > after)
-            .order_by(e.position)
-            .limit(limit)
-        )
+        query = _read_all_json_query(self.engine.dialect.name)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).tuples().all()
+            rows = (await conn.execute(query, {"after": after, "limit": limit})).tuples().all()
         source = self.source
         return [
             envelope_json(
@@ -367,16 +348,13 @@ class EventStore:
     async def head_position(self) -> int:
         """The newest position (0 when empty)."""
         async with self.engine.connect() as conn:
-            value = (await conn.execute(select(func.coalesce(func.max(events_table.c.position), 0)))).scalar_one()
+            value = (await conn.execute(_HEAD_POSITION)).scalar_one()
         return int(value)
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 when it does not exist)."""
-        query = select(func.coalesce(func.max(events_table.c.stream_version), 0)).where(
-            events_table.c.stream_id == stream_id
-        )
         async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            return int((await conn.execute(_STREAM_VERSION, {"stream_id": stream_id})).scalar_one())
 
     async def wait_for_append(self, timeout: float) -> None:
         """Return when this process appended something, or after `timeout` seconds."""
@@ -445,6 +423,45 @@ def _validated(new: NewEvent) -> _Prepared:
     except ValueError as exc:
         raise InvalidEvent(f"event id {new.event_id!r} is not a UUID") from exc
     return _Prepared(new, data)
+
+
+# Statements built once. A statement built per call costs SQLAlchemy its construction
+# and a fresh cache key over every column, about as much as executing it (a `read_all`
+# of one event: ~320 µs built per call, ~150 µs reused, on SQLite).
+_READ_STREAM = (
+    select(events_table)
+    .where(
+        events_table.c.stream_id == bindparam("stream_id"),
+        events_table.c.stream_version > bindparam("after_version"),
+    )
+    .order_by(events_table.c.stream_version)
+)
+_READ_ALL = (
+    select(events_table)
+    .where(events_table.c.position > bindparam("after"))
+    .order_by(events_table.c.position)
+    .limit(bindparam("limit"))
+)
+_HEAD_POSITION = select(func.coalesce(func.max(events_table.c.position), 0))
+_STREAM_VERSION = select(func.coalesce(func.max(events_table.c.stream_version), 0)).where(
+    events_table.c.stream_id == bindparam("stream_id")
+)
+_INSERT = insert(events_table)
+
+
+@functools.cache
+def _read_all_json_query(dialect: str) -> Select[Any]:
+    e = events_table.c
+    return (
+        select(
+            e.position, e.event_id, e.stream_id, e.stream_version, e.type, e.schema_version,
+            cast(e.data, Text), e.partition_key, _iso_utc(e.occurred_at, dialect),
+            _iso_utc(e.recorded_at, dialect), e.traceparent, e.correlation_id, e.causation_id, e.actor,
+        )
+        .where(e.position > bindparam("after"))
+        .order_by(e.position)
+        .limit(bindparam("limit"))
+    )
 
 
 def _head_query(postgres: bool) -> TextClause:

@@ -44,7 +44,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -341,11 +341,8 @@ class Subscription:
     async def positions(self) -> dict[str, dict[int, int]]:
         """The checkpoint of every (source, partition), as committed (0: nothing applied)."""
         result = {s: dict.fromkeys(range(info.partitions), 0) for s, info in self.sources.items()}
-        query = select(checkpoints.c.source, checkpoints.c.partition, checkpoints.c.position).where(
-            checkpoints.c.subscription == self.name
-        )
         async with self.engine.connect() as conn:
-            for source, partition, position in (await conn.execute(query)).all():
+            for source, partition, position in (await conn.execute(_CHECKPOINTS, {"name": self.name})).all():
                 if source in result and partition in result[source]:
                     result[source][partition] = int(position)
         return result
@@ -834,14 +831,14 @@ class Subscription:
     async def _read_checkpoints(
         self, conn: AsyncConnection, sources: Sequence[str], *, lock: bool
     ) -> dict[tuple[str, int], int]:
-        query = select(checkpoints.c.source, checkpoints.c.partition, checkpoints.c.position).where(
-            checkpoints.c.subscription == self.name, checkpoints.c.source.in_(sources)
-        )
-        if lock and self._is_postgres:
-            # Two group members briefly owning one partition during a rebalance take turns.
-            query = query.with_for_update()
-        rows = (await conn.execute(query)).all()
-        return {(str(s), int(p)): int(pos) for s, p, pos in rows}
+        # Two group members briefly owning one partition during a rebalance take turns:
+        # on PostgreSQL the rows are locked. All of the subscription's rows are read (a
+        # handful: sources × partitions) so that one statement, built once, serves every
+        # batch; the ones of other sources are dropped here.
+        query = _CHECKPOINTS_LOCKED if lock and self._is_postgres else _CHECKPOINTS
+        rows = (await conn.execute(query, {"name": self.name})).all()
+        wanted = set(sources)
+        return {(str(s), int(p)): int(pos) for s, p, pos in rows if s in wanted}
 
     def _checkpoint_rows(
         self,
@@ -874,6 +871,14 @@ class Subscription:
         for source, positions in by_source.items():
             self._watermarks[source].add(positions)
         self.applied += applied
+
+
+_CHECKPOINTS = (
+    select(checkpoints.c.source, checkpoints.c.partition, checkpoints.c.position)
+    .where(checkpoints.c.subscription == bindparam("name"))
+    .order_by(checkpoints.c.source, checkpoints.c.partition)
+)
+_CHECKPOINTS_LOCKED = _CHECKPOINTS.with_for_update()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -6,10 +6,10 @@ transaction as the events, so a list endpoint never disagrees with the streams.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.catalog import (
@@ -27,6 +27,14 @@ from services.lifecycle.integrations.domain import Integration, evolve
 from services.lifecycle.tables import alliances, health_transitions, integrations
 
 _INTEGRATION_FIELDS = tuple(f.name for f in fields(Integration))
+
+# Statements built once, executed with parameters: built per call, SQLAlchemy spends
+# as long constructing and keying them as running them. The update's SET clause comes
+# from the parameters' keys.
+INTEGRATION_ROW = select(integrations).where(integrations.c.integration_id == bindparam("integration_id"))
+_INSERT_INTEGRATION = insert(integrations)
+_UPDATE_INTEGRATION = update(integrations).where(integrations.c.integration_id == bindparam("key"))
+_INSERT_TRANSITION = insert(health_transitions)
 
 
 async def project(conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
@@ -76,31 +84,26 @@ async def _project_alliance(conn: AsyncConnection, recorded: RecordedEvent) -> N
 
 async def _project_integration(conn: AsyncConnection, recorded: RecordedEvent) -> None:
     integration_id = recorded.stream_id.removeprefix("integration-")
-    row = (
-        await conn.execute(select(integrations).where(integrations.c.integration_id == integration_id))
-    ).first()
+    row = (await conn.execute(INTEGRATION_ROW, {"integration_id": integration_id})).first()
     state = integration_from_row(row._mapping) if row is not None else None
     event = recorded.domain()
     new_state = evolve(state, event, recorded.occurred_at)
     values = integration_to_row(new_state)
     if state is None:
-        await conn.execute(insert(integrations).values(**values, seq=recorded.position))
+        await conn.execute(_INSERT_INTEGRATION, {**values, "seq": recorded.position})
     else:
-        await conn.execute(
-            update(integrations).where(integrations.c.integration_id == integration_id).values(**values)
-        )
+        await conn.execute(_UPDATE_INTEGRATION, {**values, "key": integration_id})
     if isinstance(event, IntegrationHealthChanged | IntegrationWentLive):
         status = event.status if isinstance(event, IntegrationHealthChanged) else "unknown"
         await conn.execute(
-            insert(health_transitions).values(
-                position=recorded.position, integration_id=integration_id, status=status, at=recorded.occurred_at
-            )
+            _INSERT_TRANSITION,
+            {"position": recorded.position, "integration_id": integration_id, "status": status, "at": recorded.occurred_at},
         )
 
 
 def integration_to_row(state: Integration) -> dict[str, Any]:
     """The `integrations` columns of `state`."""
-    values = asdict(state)
+    values = {name: getattr(state, name) for name in _INTEGRATION_FIELDS}
     values["integration_id"] = values.pop("id")
     return values
 

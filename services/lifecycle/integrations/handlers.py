@@ -23,15 +23,14 @@ from services.lifecycle.integrations.domain import (
     evolve,
     stream_of,
 )
-from services.lifecycle.projection import integration_from_row, project
-from services.lifecycle.tables import alliances, integrations, partner_agreements
+from services.lifecycle.projection import INTEGRATION_ROW, integration_from_row, project
+from services.lifecycle.tables import alliances, partner_agreements
 
 
 async def load(engine: AsyncEngine, integration_id: str) -> Integration | None:
     """The integration's current state (None when unknown)."""
-    query = select(integrations).where(integrations.c.integration_id == integration_id)
     async with engine.connect() as conn:
-        row = (await conn.execute(query)).first()
+        row = (await conn.execute(INTEGRATION_ROW, {"integration_id": integration_id})).first()
     return integration_from_row(row._mapping) if row is not None else None
 
 
