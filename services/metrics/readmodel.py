@@ -7,6 +7,7 @@ reports, per source, the positions the projections behind the answer have applie
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Integer, Table, cast, func, select
+from sqlalchemy import Integer, Select, Table, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.schema import checkpoints, dead_letters
@@ -208,18 +209,10 @@ class Snapshot:
         return [(d, k.duration_kpi(name, k.closed_durations(pairs, since=d.start, until=d.end))) for d in days]
 
     async def _daily_ratio(self, name: str, days: Sequence[DaySpan]) -> list[tuple[DaySpan, k.KpiValue]]:
-        table, good = _RATIO_FACTS[name]
-        columns: list[Any]
-        if good is None:
-            columns = [func.sum(table.c.total), func.sum(table.c.server_errors), func.count()]
-        else:
-            columns = [func.sum(cast(table.c[good], Integer)), func.count()]
-        query = (
-            select(table.c.day, *columns)
-            .where(table.c.generation == self.gen[name], table.c.day >= days[0].day.isoformat())
-            .group_by(table.c.day)
-        )
-        by_day = {row[0]: [int(v or 0) for v in row[1:]] for row in (await self.conn.execute(query)).all()}
+        good = _RATIO_FACTS[name][1]
+        params = {"generation": self.gen[name], "first_day": days[0].day.isoformat()}
+        rows = (await self.conn.execute(_daily_ratio_query(name), params)).all()
+        by_day = {row[0]: [int(v or 0) for v in row[1:]] for row in rows}
         empty = [0, 0, 0] if good is None else [0, 0]
         return [(d, _ratio_value(name, by_day.get(d.day.isoformat(), empty))) for d in days]
 
@@ -248,6 +241,10 @@ class Snapshot:
         return {source: min(by_projection.values()) for source, by_projection in reached.items()}
 
 
+_CHECKPOINTS = select(checkpoints.c.subscription, checkpoints.c.source, checkpoints.c.partition, checkpoints.c.position)
+_FLOORS = select(t.floors.c.projection, t.floors.c.generation, t.floors.c.source, t.floors.c.position)
+
+
 async def positions(
     conn: AsyncConnection, names: Iterable[str], *, partitions: int, gens: dict[str, int] | None = None
 ) -> dict[str, dict[str, int]]:
@@ -260,20 +257,17 @@ async def positions(
     wanted = list(names)
     per_partition: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
     subs = {PROJECTIONS[n].subscription for n in wanted}
-    query = select(checkpoints.c.subscription, checkpoints.c.source, checkpoints.c.partition, checkpoints.c.position).where(
-        checkpoints.c.subscription.in_(list(subs))
-    )
-    for subscription, source, partition, position in (await conn.execute(query)).all():
+    # Both tables hold a handful of rows: read them whole with statements built once.
+    for subscription, source, partition, position in (await conn.execute(_CHECKPOINTS)).all():
+        if subscription not in subs:
+            continue
         for name in wanted:
             if PROJECTIONS[name].subscription == subscription:
                 per_partition[(source_name(source), name)][int(partition)] = int(position)
     gens = gens if gens is not None else await generations(conn)
     floors: dict[tuple[str, str], int] = {}
-    floor_q = select(t.floors.c.projection, t.floors.c.generation, t.floors.c.source, t.floors.c.position).where(
-        t.floors.c.projection.in_(wanted)
-    )
-    for name, gen, source, position in (await conn.execute(floor_q)).all():
-        if gens.get(name) == gen:
+    for name, gen, source, position in (await conn.execute(_FLOORS)).all():
+        if name in wanted and gens.get(name) == gen:
             floors[(source, name)] = int(position)
     reached: dict[str, dict[str, int]] = {}
     for source in SOURCES:
@@ -283,6 +277,21 @@ async def positions(
             floor = floors.get((source, name), 0)
             reached[source][name] = min(max(applied.get(p, 0), floor) for p in range(partitions))
     return reached
+
+
+@functools.cache
+def _daily_ratio_query(name: str) -> Select[Any]:
+    table, good = _RATIO_FACTS[name]
+    columns: list[Any]
+    if good is None:
+        columns = [func.sum(table.c.total), func.sum(table.c.server_errors), func.count()]
+    else:
+        columns = [func.sum(cast(table.c[good], Integer)), func.count()]
+    return (
+        select(table.c.day, *columns)
+        .where(table.c.generation == bindparam("generation"), table.c.day >= bindparam("first_day"))
+        .group_by(table.c.day)
+    )
 
 
 def source_name(checkpoint_source: str) -> str:

@@ -8,13 +8,15 @@ and always in the generation that is current when it commits.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy import Insert as Insert_
+from sqlalchemy import Select, Table, Update, and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
@@ -38,33 +40,46 @@ async def ensure_projections(engine: AsyncEngine) -> None:
             await conn.execute(insert(t.projections), missing)
 
 
+_GENERATIONS = select(t.projections.c.name, t.projections.c.generation)
+
+
 async def generations(conn: AsyncConnection) -> dict[str, int]:
     """The generation each projection currently answers from."""
-    rows = await conn.execute(select(t.projections.c.name, t.projections.c.generation))
+    rows = await conn.execute(_GENERATIONS)
     found = {name: int(gen) for name, gen in rows.all()}
     return {name: found.get(name, FIRST_GENERATION) for name in PROJECTIONS}
 
 
-def _key_clause(table: Table, generation: int, key: dict[str, Any]) -> Any:
-    return and_(table.c.generation == generation, *(table.c[c] == v for c, v in key.items()))
+@functools.cache
+def _keyed_statements(table: Table, key_columns: tuple[str, ...]) -> tuple[Select[Any], Update, Insert_]:
+    """Read, update and insert of one keyed row, built once per table and key.
+
+    The key travels as `k_<column>` parameters (a SET may name the key's own columns);
+    the update's SET clause comes from the other parameters' keys.
+    """
+    where = and_(
+        table.c.generation == bindparam("k_generation"), *(table.c[c] == bindparam(f"k_{c}") for c in key_columns)
+    )
+    return select(table).where(where), update(table).where(where), insert(table)
 
 
 async def merge_changes(
     conn: AsyncConnection, table: Table, generation: int, key: dict[str, Any], changes: Sequence[Merge]
 ) -> None:
     """Apply `changes` (all to the row `key` of `generation`), in order: one read, one write."""
-    where = _key_clause(table, generation, key)
-    existing = (await conn.execute(select(table).where(where))).mappings().first()
+    read, write, add = _keyed_statements(table, tuple(key))
+    where = {"k_generation": generation, **{f"k_{c}": v for c, v in key.items()}}
+    existing = (await conn.execute(read, where)).mappings().first()
     row = dict(existing) if existing is not None else None
     for change in changes:
         row = merged(row, change)
     assert row is not None
     if existing is None:
-        await conn.execute(insert(table), {**row, "generation": generation})
+        await conn.execute(add, {**row, "generation": generation})
         return
     changed = {c: v for c, v in row.items() if existing.get(c) != v}
     if changed:
-        await conn.execute(update(table).where(where).values(**changed))
+        await conn.execute(write, {**changed, **where})
 
 
 class LiveApplier:
@@ -138,15 +153,17 @@ class LiveApplier:
         return self._floors[key]
 
 
+_CLAIM = (
+    update(t.projections)
+    .where(t.projections.c.name == bindparam("b_name"))
+    .values(writes=t.projections.c.writes + 1)
+    .returning(t.projections.c.generation)
+)
+
+
 async def claim_generation(conn: AsyncConnection, name: str) -> int:
     """Lock projection `name`'s pointer row for this transaction and return its generation."""
-    result = await conn.execute(
-        update(t.projections)
-        .where(t.projections.c.name == name)
-        .values(writes=t.projections.c.writes + 1)
-        .returning(t.projections.c.generation)
-    )
-    generation = result.scalar()
+    generation = (await conn.execute(_CLAIM, {"b_name": name})).scalar()
     if generation is None:
         await conn.execute(insert(t.projections), {"name": name, "generation": FIRST_GENERATION, "writes": 1})
         return FIRST_GENERATION
