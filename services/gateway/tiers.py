@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
@@ -51,8 +51,11 @@ class TierBook:
 
 async def record_tier(conn: AsyncConnection, *, partner_id: str, tier: str, at: datetime) -> None:
     """Insert or update one partner's tier."""
-    result = await conn.execute(
-        update(partner_tiers).where(partner_tiers.c.partner_id == partner_id).values(tier=tier, updated_at=at)
-    )
+    result = await conn.execute(_UPDATE_TIER, {"b_partner_id": partner_id, "tier": tier, "updated_at": at})
     if result.rowcount == 0:
-        await conn.execute(insert(partner_tiers).values(partner_id=partner_id, tier=tier, updated_at=at))
+        await conn.execute(_INSERT_TIER, {"partner_id": partner_id, "tier": tier, "updated_at": at})
+
+
+# Built once (a statement built per call costs as much as running it).
+_UPDATE_TIER = update(partner_tiers).where(partner_tiers.c.partner_id == bindparam("b_partner_id"))
+_INSERT_TIER = insert(partner_tiers)

@@ -35,6 +35,8 @@ INTEGRATION_ROW = select(integrations).where(integrations.c.integration_id == bi
 _INSERT_INTEGRATION = insert(integrations)
 _UPDATE_INTEGRATION = update(integrations).where(integrations.c.integration_id == bindparam("key"))
 _INSERT_TRANSITION = insert(health_transitions)
+_INSERT_ALLIANCE = insert(alliances)
+_UPDATE_ALLIANCE = update(alliances).where(alliances.c.partner_id == bindparam("key"))
 
 
 async def project(conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
@@ -54,16 +56,17 @@ async def _project_alliance(conn: AsyncConnection, recorded: RecordedEvent) -> N
     match event:
         case AllianceStarted():
             await conn.execute(
-                insert(alliances).values(
-                    partner_id=event.partner_id,
-                    phase=event.phase,
-                    status="active",
-                    tier=event.tier,
-                    ends_on=event.ends_on,
-                    started_at=at,
-                    seq=recorded.position,
+                _INSERT_ALLIANCE,
+                {
+                    "partner_id": event.partner_id,
+                    "phase": event.phase,
+                    "status": "active",
+                    "tier": event.tier,
+                    "ends_on": event.ends_on,
+                    "started_at": at,
+                    "seq": recorded.position,
                     **common,
-                )
+                },
             )
             return
         case AlliancePhaseChanged(to_phase=to):
@@ -79,7 +82,7 @@ async def _project_alliance(conn: AsyncConnection, recorded: RecordedEvent) -> N
         case _:
             values = {}
     partner_id = recorded.stream_id.removeprefix("alliance-")
-    await conn.execute(update(alliances).where(alliances.c.partner_id == partner_id).values(**values, **common))
+    await conn.execute(_UPDATE_ALLIANCE, {**values, **common, "key": partner_id})
 
 
 async def _project_integration(conn: AsyncConnection, recorded: RecordedEvent) -> None:

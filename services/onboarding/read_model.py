@@ -107,13 +107,15 @@ class Row:
     created_position: int
 
 
+_ONE = select(partners.c.record, partners.c.version, partners.c.created_position).where(
+    partners.c.id == bindparam("partner_id")
+)
+
+
 async def get(engine: AsyncEngine, partner_id: str) -> Row | None:
     """One partner's record and version."""
-    query = select(partners.c.record, partners.c.version, partners.c.created_position).where(
-        partners.c.id == partner_id
-    )
     async with engine.connect() as conn:
-        row = (await conn.execute(query)).first()
+        row = (await conn.execute(_ONE, {"partner_id": partner_id})).first()
     return None if row is None else Row(row.record, row.version, row.created_position)
 
 

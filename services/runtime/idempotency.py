@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,27 +95,33 @@ class IdempotencyMiddleware:
     async def _reserve(
         self, engine: AsyncEngine, client_id: str, key: str, path: str, body_hash: str, now: datetime
     ) -> ASGIApp | None:
-        where = and_(idempotency_keys.c.client_id == client_id, idempotency_keys.c.key == key)
+        where = {"b_client_id": client_id, "b_key": key}
         async with engine.begin() as conn:
-            row = (await conn.execute(select(idempotency_keys).where(where))).mappings().first()
+            row = (await conn.execute(_READ, where)).mappings().first()
             if row is not None and (
                 row["created_at"] < now - KEEP_FOR
                 or (row["status"] is None and row["created_at"] < now - ABANDONED_AFTER)
             ):
-                await conn.execute(delete(idempotency_keys).where(where))
+                await conn.execute(_DELETE, where)
                 row = None
             if row is None:
                 try:
                     await conn.execute(
-                        insert(idempotency_keys).values(
-                            client_id=client_id, key=key, method="POST", path=path, body_hash=body_hash, created_at=now
-                        )
+                        _INSERT,
+                        {
+                            "client_id": client_id,
+                            "key": key,
+                            "method": "POST",
+                            "path": path,
+                            "body_hash": body_hash,
+                            "created_at": now,
+                        },
                     )
                     return None
                 except IntegrityError:
                     pass
         async with engine.connect() as conn:
-            row = (await conn.execute(select(idempotency_keys).where(where))).mappings().first()
+            row = (await conn.execute(_READ, where)).mappings().first()
         if row is None:  # released between our attempts: treat as in flight
             return problem_response(_in_progress())
         if row["body_hash"] != body_hash:
@@ -142,11 +148,11 @@ class IdempotencyMiddleware:
         return _stored_response(row["status"], row["headers"] or [], row["body"] or "")
 
     async def _settle(self, engine: AsyncEngine, client_id: str, key: str, captured: dict[str, Any]) -> None:
-        where = and_(idempotency_keys.c.client_id == client_id, idempotency_keys.c.key == key)
+        where = {"b_client_id": client_id, "b_key": key}
         status = int(captured["status"])
         async with engine.begin() as conn:
             if status >= 500 or status == 429:
-                await conn.execute(delete(idempotency_keys).where(where))
+                await conn.execute(_DELETE, where)
                 return
             headers = [
                 [k.decode("latin-1"), v.decode("latin-1")]
@@ -158,9 +164,17 @@ class IdempotencyMiddleware:
                 # A response shown once (a client or webhook secret) is never kept: a replay
                 # learns the request already ran, but not the secret.
                 headers, body = [], _SECRET_WITHHELD
-            await conn.execute(update(idempotency_keys).where(where).values(status=status, headers=headers, body=body))
+            await conn.execute(_UPDATE, {**where, "status": status, "headers": headers, "body": body})
 
 
+# Built once, with the key as b_ parameters (the insert names the same columns).
+_KEY = and_(
+    idempotency_keys.c.client_id == bindparam("b_client_id"), idempotency_keys.c.key == bindparam("b_key")
+)
+_READ = select(idempotency_keys).where(_KEY)
+_DELETE = delete(idempotency_keys).where(_KEY)
+_INSERT = insert(idempotency_keys)
+_UPDATE = update(idempotency_keys).where(_KEY)
 _SECRET_WITHHELD = "\x00secret-withheld"
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.catalog import PartnerActivated, PartnerAgreementSigned
@@ -78,18 +78,23 @@ class AllianceReactor:
 
 async def remember_agreement(conn: AsyncConnection, recorded: RecordedEvent, event: PartnerAgreementSigned) -> None:
     """Keep the partner's latest agreement terms (a re-signed agreement replaces them)."""
-    await conn.execute(delete(partner_agreements).where(partner_agreements.c.partner_id == event.partner_id))
+    await conn.execute(_FORGET_AGREEMENT, {"partner_id": event.partner_id})
     await conn.execute(
-        insert(partner_agreements).values(
-            partner_id=event.partner_id,
-            agreement_type=event.agreement_type,
-            uptime_target_pct=event.sla.uptime_target_pct,
-            starts_on=event.starts_on,
-            ends_on=event.ends_on,
-            source_event_id=recorded.event_id,
-            signed_at=recorded.occurred_at,
-        )
+        _INSERT_AGREEMENT,
+        {
+            "partner_id": event.partner_id,
+            "agreement_type": event.agreement_type,
+            "uptime_target_pct": event.sla.uptime_target_pct,
+            "starts_on": event.starts_on,
+            "ends_on": event.ends_on,
+            "source_event_id": recorded.event_id,
+            "signed_at": recorded.occurred_at,
+        },
     )
+
+
+_FORGET_AGREEMENT = delete(partner_agreements).where(partner_agreements.c.partner_id == bindparam("partner_id"))
+_INSERT_AGREEMENT = insert(partner_agreements)
 
 
 def subscription_for(runtime: Runtime, reactor: AllianceReactor, **options: Any) -> Component:
