@@ -22,6 +22,8 @@ from events.catalog import DomainEvent, parse_event
 SEQUENCE_WIDTH = 20
 DATACONTENTTYPE = "application/json"
 _FORMAT = JSONFormat()
+# The attributes every event of ours carries (CloudEvents' required ones and our extensions).
+_OWN_ATTRIBUTES = frozenset({"id", "source", "type", "time", "sequence", "streamversion"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,33 @@ class RecordedEvent:
     def from_kafka(
         cls, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
     ) -> RecordedEvent:
-        """Parse a Kafka record written by `to_kafka` (CloudEvents binary mode)."""
+        """Parse a Kafka record in CloudEvents binary mode (as `to_kafka` and the relay write it).
+
+        A record of the shape the relay writes (a `ce_` header per attribute, JSON data)
+        is read straight from its headers: the binding maps each attribute to one
+        header, and going through the CloudEvents SDK (validation, dateutil, a regex
+        per content type) was a fifth of a consumer's CPU. Anything else goes through
+        the SDK, which also rejects what is not a CloudEvent. Tests parse both ways
+        and compare.
+        """
+        attrs: dict[str, Any] = {}
+        content_type = None
+        for name, raw in headers:
+            if name.startswith("ce_"):
+                attrs[name[3:]] = raw.decode()
+            elif name == "content-type":
+                content_type = raw.decode()
+        if content_type == DATACONTENTTYPE and value and attrs.get("specversion") == "1.0" and attrs.keys() >= _OWN_ATTRIBUTES:
+            data = orjson.loads(value)
+            if isinstance(data, dict):
+                return cls._from_attributes(attrs, data)
+        return cls.from_kafka_sdk(key=key, value=value, headers=headers)
+
+    @classmethod
+    def from_kafka_sdk(
+        cls, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
+    ) -> RecordedEvent:
+        """`from_kafka` through the CloudEvents SDK's Kafka binding."""
         message = ce_kafka.KafkaMessage(headers=dict(headers), key=key, value=value or b"")
         event = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
         attrs = dict(event.get_attributes())
