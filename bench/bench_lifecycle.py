@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform as host_platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp import web  # noqa: E402
 
+from bench.run import environment  # noqa: E402
 from events.envelope import EventMetadata  # noqa: E402
 from services.lifecycle.integrations import handlers  # noqa: E402
 from services.lifecycle.integrations.destinations import networks  # noqa: E402
@@ -250,11 +250,7 @@ def main() -> int:
             },
         ],
         "details": measured,
-        "environment": {
-            "cpus": os.cpu_count(),
-            "python": host_platform.python_version(),
-            "backend": backend,
-        },
+        "environment": environment() | {"backend": backend},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")

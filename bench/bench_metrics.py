@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import json
 import os
-import platform as host_platform
 import random
 import statistics
 import sys
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PARTNERHUB_TRACING", "off")
 
+from bench.run import environment  # noqa: E402
 from events import catalog as ev  # noqa: E402
 from events.store import NewEvent  # noqa: E402
 from services.metrics.consumers import projections_batch_handler  # noqa: E402
@@ -435,7 +435,7 @@ async def main(args: argparse.Namespace) -> None:
         "command": "python -m bench.bench_metrics " + " ".join(sys.argv[1:]),
         "results": results,
         "details": details,
-        "environment": {"python": host_platform.python_version(), "cpus": os.cpu_count()},
+        "environment": environment(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
