@@ -164,7 +164,7 @@ class Relay:
 
     @property
     def cursor(self) -> int:
-        """The last position this relay persisted as published."""
+        """The last position the broker acknowledged (persisted right after; see `persisted_cursor`)."""
         return self._cursor
 
     async def persisted_cursor(self) -> int:
@@ -276,20 +276,38 @@ class Relay:
         batch = self._inflight
         prefetch = asyncio.create_task(self.store.read_all(after=batch.position, limit=self.batch_size))
         try:
-            await self._settle(batch)
+            await self._acknowledged(batch)
         except BaseException:
             prefetch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await prefetch
             raise
         self._inflight = None
+        persisted = self._advance(batch)
         events = await prefetch
-        if not events:
-            return False
-        self._inflight = await self._send(events, self._last)
-        return True
+        if events:
+            self._inflight = await self._send(events, self._last)
+        # The acknowledged batch's cursor is written while the next one is on its way:
+        # the write waits its turn behind the service's own commits, and the next
+        # batch need not wait for it. The cursor never passes an acknowledgement; a
+        # crash before it is written sends that batch again (consumers skip duplicates).
+        await self._persist(batch.position, batch.last, persisted)
+        return bool(events)
 
     async def _settle(self, batch: _InFlight) -> None:
+        await self._acknowledged(batch)
+        persisted = self._advance(batch)
+        await self._persist(batch.position, batch.last, persisted)
+
+    def _advance(self, batch: _InFlight) -> dict[int, int]:
+        """Move the in-memory positions past an acknowledged batch; the last persisted ones."""
+        persisted = self._last
+        self._cursor = batch.position
+        self._last = batch.last
+        self.published += batch.count
+        return persisted
+
+    async def _acknowledged(self, batch: _InFlight) -> None:
         pending = {f for f, _ in batch.futures}
         while pending:
             _, pending = await asyncio.wait(pending, timeout=1.0)
@@ -315,10 +333,6 @@ class Relay:
         if failure is not None:
             raise failure
         await self._verify_topic()
-        await self._persist(batch.position, batch.last)
-        self._cursor = batch.position
-        self._last = batch.last
-        self.published += batch.count
 
     async def _abandon_inflight(self) -> None:
         batch, self._inflight = self._inflight, None
@@ -434,12 +448,12 @@ class Relay:
                 last[names[name]] = int(position)
         return cursor, last
 
-    async def _persist(self, cursor: int, last: dict[int, int]) -> None:
+    async def _persist(self, cursor: int, last: dict[int, int], persisted: dict[int, int]) -> None:
         rows = [{"name": self.name, "position": cursor}]
         rows += [
             {"name": self._partition_row(p), "position": position}
             for p, position in last.items()
-            if self._last.get(p) != position
+            if persisted.get(p) != position
         ]
         async with self.engine.begin() as conn:
             await upsert_positions(conn, relay_cursors, ["name"], rows, now=self._now())
