@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,37 @@ async def test_every_event_reaches_kafka_once_in_position_order_per_partition(
         index = positions.index(int(headers["ce_sequence"]))
         assert int(headers[PREV_POSITION_HEADER]) == (positions[index - 1] if index else 0)
     assert await relay.persisted_cursor() == 140
+
+
+async def test_the_next_batch_goes_out_while_the_cursor_write_waits_for_the_database(
+    broker: EmbeddedBroker, topic: str, sqlite_store: EventStore
+) -> None:
+    # Another process holds SQLite's write lock: the relay's cursor write of its first
+    # batch waits for it, and the second batch must not (it used to wait behind it).
+    await append_many(sqlite_store, [f"p{i}" for i in range(10)], per_partner=1)
+    database = sqlite_store.engine.url.database
+    assert database is not None
+    other = sqlite3.connect(database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    relay = Relay(
+        sqlite_store, bootstrap=broker.bootstrap, topic=topic, partitions=PARTITIONS, engine=sqlite_store.engine, batch_size=5
+    )
+    await relay.start()
+    try:
+        records = await read_topic(broker.bootstrap, topic, PARTITIONS, count=10)
+        assert sorted(int(dict(r.headers)["ce_sequence"]) for r in records) == list(range(1, 11))
+        assert await relay.persisted_cursor() == 0  # nothing written while the lock is held
+    finally:
+        other.rollback()
+        other.close()
+    try:
+        await wait_until(lambda: relay.cursor == 10, message="both batches acknowledged")
+        async def persisted() -> bool:
+            return await relay.persisted_cursor() == 10
+
+        await wait_until(persisted, message="the cursor written once the lock is free")
+    finally:
+        await relay.stop()
 
 
 async def test_the_cloudevents_sdk_reads_our_records_as_the_events_appended(
