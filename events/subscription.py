@@ -4,7 +4,7 @@ A `Subscription` applies each event with a handler inside one database transacti
 also moves its checkpoint: per (source, partition) the last position applied. An event
 at or below the checkpoint is a duplicate and is skipped, so Kafka's at-least-once
 delivery (and any re-delivery) changes nothing. Kafka offsets are committed only after
-the database commit, and only as a hint: the checkpoints are the truth.
+the database commit (at most once a second), and only as a hint: the checkpoints are the truth.
 
 The log API of each source is the authoritative channel, Kafka the live one. The
 subscription catches up from the log on start, and again whenever it sees that the
@@ -231,6 +231,7 @@ class Subscription:
         idle_catchup_interval: float = 5.0,
         broker_check_interval: float = 1.0,
         commit_timeout: float = 5.0,
+        offset_commit_interval: float = 1.0,
         now: Callable[[], datetime] | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
@@ -273,6 +274,7 @@ class Subscription:
         self.idle_catchup_interval = idle_catchup_interval
         self.broker_check_interval = broker_check_interval
         self.commit_timeout = commit_timeout
+        self.offset_commit_interval = offset_commit_interval
         self._log_client = log_client
         self._own_client: httpx.AsyncClient | None = None
         self._token_provider = token_provider
@@ -288,6 +290,8 @@ class Subscription:
         self._rows_exist = False
         self._watermarks: dict[str, _Watermark] = {s: _Watermark() for s in self.sources}
         self._offsets: dict[TopicPartition, int] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._next_offset_commit = 0.0  # the first batch commits at once
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -440,6 +444,9 @@ class Subscription:
     async def _close_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
+            if self._uncommitted:
+                with contextlib.suppress(Exception):  # the broker may be what failed
+                    await self._flush_offsets(consumer)
             # With the broker gone, aiokafka's stop() can end in a CancelledError of its own
             # (it cancels a fetch task backing off and awaits it); awaited directly, that
             # ended this subscription's task for good (tests/hardening/test_regressions.py).
@@ -466,6 +473,8 @@ class Subscription:
                 last_records = now
                 await self._process(batch)
                 await self._commit_offsets(consumer, batch)
+            elif self._uncommitted and now >= self._next_offset_commit:
+                await self._flush_offsets(consumer)
             elif now - last_records >= self.idle_catchup_interval:
                 await self._catch_up()
                 last_records = now
@@ -509,10 +518,26 @@ class Subscription:
         self._offsets.update(offsets)
         if self.manual_assignment or not offsets:
             return
+        self._uncommitted.update(offsets)
+        if time.monotonic() >= self._next_offset_commit:
+            await self._flush_offsets(consumer)
+
+    async def _flush_offsets(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the offsets read since the last commit (at most every `offset_commit_interval`).
+
+        Offsets only save re-reading: the checkpoints in our database are the truth, and
+        a record below them is skipped without touching the database. So they are
+        committed on an interval, on revocation and on close, not after every batch: a
+        commit per batch was a broker round trip (and a write in the broker) per batch
+        and consumer group.
+        """
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._next_offset_commit = time.monotonic() + self.offset_commit_interval
+        if not offsets:
+            return
         try:
             await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout)
         except (KafkaError, TimeoutError) as exc:
-            # Offsets only save re-reading; the checkpoints in our database are the truth.
             log.info("subscription %s: offset commit failed: %r", self.name, exc)
 
     # --- processing Kafka records -------------------------------------------------------
@@ -886,8 +911,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._subscription = subscription
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        subscription = self._subscription
+        if subscription._consumer is not None and subscription._uncommitted:
+            # The next owner starts from what is committed: hand over where we got to.
+            await subscription._flush_offsets(subscription._consumer)
         for tp in revoked:
-            self._subscription._offsets.pop(tp, None)
+            subscription._offsets.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         subscription = self._subscription

@@ -344,13 +344,7 @@ async def test_a_consumer_group_commits_offsets_after_the_effects_and_the_next_m
             await wait_until(lambda: _equals(consumer, expected), timeout=20, message="the group member applied all")
             assert first.applied == 18
         # Offsets are committed once the effects are: the next member need not re-read.
-        reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=first.group_id, enable_auto_commit=False)
-        await reader.start()
-        try:
-            committed = [await reader.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)]
-        finally:
-            await reader.stop()
-        assert sum(offset or 0 for offset in committed) == 18
+        assert await committed_offsets(broker.bootstrap, first.group_id, topic) == 18
 
         async with subscribed(sqlite_store, consumer, broker.bootstrap, topic, **group) as second:
             await append_many(sqlite_store, partners, per_partner=1)
@@ -358,6 +352,42 @@ async def test_a_consumer_group_commits_offsets_after_the_effects_and_the_next_m
             await wait_until(lambda: _equals(consumer, expected), timeout=20, message="the next member applied the rest")
             # The catch-up on start applied the new events or Kafka did; nothing twice.
             assert second.applied == 6
+
+
+async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> int:
+    """The sum of the group's committed offsets over `topic`'s partitions."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await reader.start()
+    try:
+        return sum([await reader.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS)])
+    finally:
+        await reader.stop()
+
+
+async def test_offsets_are_committed_on_an_interval_and_handed_over_on_close(
+    broker: EmbeddedBroker, topic: str, sqlite_store: EventStore, sqlite: AsyncEngine
+) -> None:
+    consumer = await consumer_db(sqlite)
+    group = dict(manual_assignment=False, session_timeout_ms=2000, heartbeat_interval_ms=300)
+    async with relaying(sqlite_store, broker.bootstrap, topic):
+        async with subscribed(
+            sqlite_store, consumer, broker.bootstrap, topic, offset_commit_interval=3600, **group
+        ) as subscription:
+            await subscription.wait_caught_up(10)
+            await append_many(sqlite_store, ["p0", "p1", "p2"], per_partner=2)
+            await wait_until(lambda: _equals(consumer, {"p0": 2, "p1": 2, "p2": 2}), timeout=20, message="applied")
+            # The first batch commits at once (a new member finds where the group got to)...
+            first = await committed_offsets(broker.bootstrap, subscription.group_id, topic)
+            assert 0 < first <= 6
+
+            await append_many(sqlite_store, ["p3", "p4", "p5"], per_partner=2)
+            expected = await expected_counts(sqlite_store)
+            await wait_until(lambda: _equals(consumer, expected), timeout=20, message="the rest applied")
+            # ... the next ones wait for the interval: the checkpoints are what count.
+            assert await committed_offsets(broker.bootstrap, subscription.group_id, topic) == first
+            assert subscription.applied == 12
+        # Closing commits what was read, so the next member does not read it again.
+        assert await committed_offsets(broker.bootstrap, subscription.group_id, topic) == 12
 
 
 async def test_one_trace_runs_from_the_origin_through_the_relay_into_the_consumer(
