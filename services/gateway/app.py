@@ -96,6 +96,9 @@ def _limiter(settings: Settings) -> Limiter:
     return MemoryLimiter()
 
 
+TIER_FETCH_MAX_WAIT_MS = 250
+
+
 def _tier_subscription(runtime: Runtime, tiers: TierBook) -> Component | None:
     """The subscription learning tiers from onboarding's events (needs the broker)."""
     settings = runtime.settings
@@ -125,7 +128,10 @@ def _tier_subscription(runtime: Runtime, tiers: TierBook) -> Component | None:
         max_retries=settings.consumer_max_retries,
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
-        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        # Off every latency path: a tier reaching the rate limits 250 ms after the approval
+        # changes nothing, and each fetch the embedded broker answers only when the wait
+        # ends costs it CPU (the platform's consumers poll at 25 ms for freshness).
+        fetch_max_wait_ms=max(settings.consumer_fetch_max_wait_ms, TIER_FETCH_MAX_WAIT_MS),
         now=runtime.clock.now,
     )
     return subscription
