@@ -99,9 +99,18 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 async def drive(
-    base: str, token: str, *, journeys: int, concurrency: int, warmup: int, server_pids: list[int]
+    base: str,
+    token: str,
+    *,
+    journeys: int,
+    concurrency: int,
+    warmup: int,
+    server_pids: list[int],
+    platform_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Run `journeys` complete journeys with `concurrency` in flight; throughput, latency, server CPU."""
+    """Run `journeys` complete journeys with `concurrency` in flight; throughput, latency, server CPU
+    (and, given `platform_pids`, the CPU of each of those processes per journey)."""
+    platform_pids = platform_pids or {}
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
@@ -120,11 +129,16 @@ async def drive(
                 await journey(session, base, n, latencies)
 
         cpu_before = cpu_seconds(server_pids)
+        each_before = {name: cpu_seconds([pid]) for name, pid in platform_pids.items()}
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         server_cpu = cpu_seconds(server_pids) - cpu_before
+        each = {name: (cpu_seconds([pid]) - each_before[name]) * 1000 / journeys for name, pid in platform_pids.items()}
     latencies.sort()
+    platform = {name: round(ms, 2) for name, ms in each.items()}
+    if platform:
+        platform["total"] = round(sum(each.values()), 2)
     return {
         "journeys": journeys,
         "concurrency": concurrency,
@@ -134,6 +148,8 @@ async def drive(
         # CPU the serving processes spent per journey: robust on a shared machine, and
         # 1000 / this is the journeys/s one free core would sustain.
         "server_cpu_ms_per_journey": round(server_cpu * 1000 / journeys, 2),
+        # Every process of the platform (consumers and broker included), when measured.
+        **({"platform_cpu_ms_per_journey": platform} if platform else {}),
         "command_latency_ms": {
             "p50": round(statistics.median(latencies) * 1000, 2),
             "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
@@ -227,6 +243,8 @@ async def whole_platform(
     async with running_platform(var_dir, extra_env=extra) as running:
         token = await running.token(running.ops)
         pids = {name: entry.process.pid for name, entry in running.platform.processes.items()}
+        if running.platform.broker is not None and running.platform.broker.pid is not None:
+            pids["broker"] = running.platform.broker.pid
         yield running.gateway, running.url("onboarding"), token, pids
 
 
@@ -290,7 +308,9 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict
                     _print(backend, "direct", direct)
                     continue
                 async with whole_platform(Path(tmp), database_url) as (gateway, onboarding, token, pids):
-                    via_gateway = await drive(gateway, token, **load, server_pids=[pids["gateway"], pids["onboarding"]])
+                    via_gateway = await drive(
+                        gateway, token, **load, server_pids=[pids["gateway"], pids["onboarding"]], platform_pids=pids
+                    )
                     direct = await drive(onboarding, token, **load, server_pids=[pids["onboarding"]])
         raw += [{"backend": backend, "target": "gateway", **via_gateway}, {"backend": backend, "target": "direct", **direct}]
         rows.append(
@@ -311,6 +331,7 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict
         rows.append(_cpu_row(backend, "onboarding", direct["server_cpu_ms_per_journey"]))
         gateway_cpu = via_gateway["server_cpu_ms_per_journey"] - direct["server_cpu_ms_per_journey"]
         rows.append(_cpu_row(backend, "gateway", round(gateway_cpu, 2)))
+        rows.append(_platform_row(backend, via_gateway["platform_cpu_ms_per_journey"]))
         _print(backend, "gateway", via_gateway)
         _print(backend, "direct", direct)
     return rows, raw
@@ -326,8 +347,23 @@ def _cpu_row(backend: str, process: str, ms: float) -> dict[str, Any]:
     }
 
 
+def _platform_row(backend: str, platform: dict[str, float]) -> dict[str, Any]:
+    """Where a journey's CPU goes in the whole platform, against what 150 journeys/s allows."""
+    parts = ", ".join(f"{name} {ms}" for name, ms in platform.items() if name != "total")
+    budget = os.cpu_count() or 1
+    return {
+        "name": f"platform CPU per journey through the gateway ({backend})",
+        "value": platform["total"],
+        "unit": "ms",
+        "note": f"{parts} ms (client{' and PostgreSQL server' if backend == 'PostgreSQL' else ''} not counted); 150 journeys/s on {budget} cores allows "
+                f"{budget * 1000 / 150:.1f} ms in all, client included",
+    }
+
+
 def _print(backend: str, target: str, figures: dict[str, Any]) -> None:
     print(f"{backend:<10} {target:<8} {figures['journeys_per_s']:>7} journeys/s  ({_note(figures)})", flush=True)
+    if "platform_cpu_ms_per_journey" in figures:
+        print(f"{'':<19} platform CPU ms per journey: {figures['platform_cpu_ms_per_journey']}", flush=True)
 
 
 def main() -> None:
