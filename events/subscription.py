@@ -381,6 +381,10 @@ class Subscription:
                     await self._open_consumer()
                     backoff = 0.1
                     await self._follow()
+                    if self._stopping.is_set() and self._consumer is not None:
+                        # A clean stop hands over where we got to (not a failure's path:
+                        # a broker that is gone would hold the commit to its timeout).
+                        await self._flush_offsets(self._consumer)
                     await self._close_consumer()
                 except _Stopped:
                     break
@@ -443,10 +447,10 @@ class Subscription:
 
     async def _close_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
+        # Read by this consumer: the next one commits its own, from its first batch.
+        self._uncommitted = {}
+        self._next_offset_commit = 0.0
         if consumer is not None:
-            if self._uncommitted:
-                with contextlib.suppress(Exception):  # the broker may be what failed
-                    await self._flush_offsets(consumer)
             # With the broker gone, aiokafka's stop() can end in a CancelledError of its own
             # (it cancels a fetch task backing off and awaits it); awaited directly, that
             # ended this subscription's task for good (tests/hardening/test_regressions.py).
@@ -527,7 +531,7 @@ class Subscription:
 
         Offsets only save re-reading: the checkpoints in our database are the truth, and
         a record below them is skipped without touching the database. So they are
-        committed on an interval, on revocation and on close, not after every batch: a
+        committed on an interval, on revocation and on a clean stop, not after every batch: a
         commit per batch was a broker round trip (and a write in the broker) per batch
         and consumer group.
         """
