@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Insert as Insert_
-from sqlalchemy import Select, Table, Update, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Select, Table, Update, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
@@ -50,36 +50,61 @@ async def generations(conn: AsyncConnection) -> dict[str, int]:
     return {name: found.get(name, FIRST_GENERATION) for name in PROJECTIONS}
 
 
+_READ_CHUNK = 500  # keys per IN list (SQLite allows 32,766 parameters)
+
+
 @functools.cache
-def _keyed_statements(table: Table, key_columns: tuple[str, ...]) -> tuple[Select[Any], Update, Insert_]:
-    """Read, update and insert of one keyed row, built once per table and key.
+def _keyed_statements(table: Table, key_column: str) -> tuple[Select[Any], Update, Insert_]:
+    """Read of many keyed rows, whole-row update and insert, built once per table.
 
-    The key travels as `k_<column>` parameters (a SET may name the key's own columns);
-    the update's SET clause comes from the other parameters' keys.
+    The read takes the generation and a list of keys (`k_generation`, `k_keys`); the
+    update's SET names every other column as `v_<column>` (a SET may not reuse a
+    column's name as its parameter) and its WHERE the row (`k_generation`, `k_key`), so
+    that all rows of a batch go in one executemany.
     """
-    where = and_(
-        table.c.generation == bindparam("k_generation"), *(table.c[c] == bindparam(f"k_{c}") for c in key_columns)
+    generation, key = table.c.generation, table.c[key_column]
+    read = select(table).where(generation == bindparam("k_generation"), key.in_(bindparam("k_keys", expanding=True)))
+    values = [c.name for c in table.columns if c.name not in ("generation", key_column)]
+    write = (
+        update(table)
+        .where(generation == bindparam("k_generation"), key == bindparam("k_key"))
+        .values({c: bindparam(f"v_{c}") for c in values})
     )
-    return select(table).where(where), update(table).where(where), insert(table)
+    return read, write, insert(table)
 
 
-async def merge_changes(
-    conn: AsyncConnection, table: Table, generation: int, key: dict[str, Any], changes: Sequence[Merge]
+async def merge_rows(
+    conn: AsyncConnection, table: Table, generation: int, key_column: str, changes: dict[Any, list[Merge]]
 ) -> None:
-    """Apply `changes` (all to the row `key` of `generation`), in order: one read, one write."""
-    read, write, add = _keyed_statements(table, tuple(key))
-    where = {"k_generation": generation, **{f"k_{c}": v for c, v in key.items()}}
-    existing = (await conn.execute(read, where)).mappings().first()
-    row = dict(existing) if existing is not None else None
-    for change in changes:
-        row = merged(row, change)
-    assert row is not None
-    if existing is None:
-        await conn.execute(add, {**row, "generation": generation})
-        return
-    changed = {c: v for c, v in row.items() if existing.get(c) != v}
-    if changed:
-        await conn.execute(write, {**changed, **where})
+    """Apply `changes` (per key of `key_column`, in order) to the rows of `generation`.
+
+    One read per 500 keys, one executemany for the new rows (per column set) and one for
+    the changed ones, however many rows a batch touches (it was a read and a write per row).
+    """
+    read, write, add = _keyed_statements(table, key_column)
+    keys = list(changes)
+    existing: dict[Any, dict[str, Any]] = {}
+    for start in range(0, len(keys), _READ_CHUNK):
+        chunk = keys[start : start + _READ_CHUNK]
+        for found in (await conn.execute(read, {"k_generation": generation, "k_keys": chunk})).mappings():
+            existing[found[key_column]] = dict(found)
+    added: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # by column set: one executemany each
+    updated: list[dict[str, Any]] = []
+    for key, merges in changes.items():
+        before = existing.get(key)
+        row = before
+        for change in merges:
+            row = merged(row, change)
+        assert row is not None
+        if before is None:
+            added.setdefault(tuple(sorted(row)), []).append({**row, "generation": generation})
+        elif row != before:
+            params = {f"v_{c}": v for c, v in row.items() if c not in ("generation", key_column)}
+            updated.append({**params, "k_generation": generation, "k_key": key})
+    for rows in added.values():
+        await conn.execute(add, rows)
+    if updated:
+        await conn.execute(write, updated)
 
 
 class LiveApplier:
@@ -106,7 +131,7 @@ class LiveApplier:
         table matters, and it is kept.
         """
         facts: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
-        keyed: dict[tuple[Table, int, tuple[tuple[str, Any], ...]], list[Merge]] = {}
+        keyed: dict[tuple[Table, int, str], dict[Any, list[Merge]]] = {}
         for projection in projections:
             generation: int | None = None
             for event in events:
@@ -122,12 +147,13 @@ class LiveApplier:
                         values = {**change.values, "generation": generation}
                         facts.setdefault((change.table, tuple(sorted(values))), []).append(values)
                     else:
-                        keyed.setdefault((change.table, generation, tuple(change.key.items())), []).append(change)
+                        [(column, key)] = change.key.items()  # keyed tables have a one-column key
+                        keyed.setdefault((change.table, generation, column), {}).setdefault(key, []).append(change)
         for (table, columns), rows in facts.items():
             # A fact already there (a re-applied event) is skipped.
             await conn.execute(insert_text(table, columns, conn.dialect, "ON CONFLICT DO NOTHING"), rows)
-        for (table, generation, key), merges in keyed.items():
-            await merge_changes(conn, table, generation, dict(key), merges)
+        for (table, generation, column), by_key in keyed.items():
+            await merge_rows(conn, table, generation, column, by_key)
 
     async def _generation(self, conn: AsyncConnection, name: str) -> int:
         transaction = conn.sync_connection.get_transaction() if conn.sync_connection is not None else None
