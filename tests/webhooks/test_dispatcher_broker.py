@@ -138,3 +138,17 @@ async def _outcomes_dispatched(harness) -> bool:  # type: ignore[no-untyped-def]
     head = await harness.runtime.store.head_position()
     lag = await subscription.lag({"lifecycle": head})
     return len(delivered) == 4 and lag["lifecycle"] == 0
+
+
+async def test_the_dispatcher_follows_the_topics_of_deliverable_events_and_no_other(
+    harness_factory: HarnessFactory, broker: EmbeddedBroker
+) -> None:
+    from events.catalog import EVENT_TYPES, is_webhook_deliverable
+    from events.subscription import Subscription
+
+    harness = await harness_factory(clock=SystemClock(), kafka_bootstrap=broker.bootstrap, topic_prefix="whsrc")
+    [subscription] = [c for c in harness.runtime.components if isinstance(c, Subscription)]
+    deliverable = {e.source for e in EVENT_TYPES.values() if is_webhook_deliverable(e.type)}
+    assert set(subscription.sources) == deliverable == {"onboarding", "lifecycle"}
+    # The gateway's topic (client.*, token.*, gateway.*) holds nothing a partner may receive.
+    assert not any(is_webhook_deliverable(e.type) for e in EVENT_TYPES.values() if e.source == "gateway")

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 
+from events.catalog import EVENT_TYPES, is_webhook_deliverable
 from events.envelope import RecordedEvent
 from services.lifecycle.webhooks.api import router
 from services.lifecycle.webhooks.dispatcher import SUBSCRIPTION_NAME, Dispatcher
@@ -21,8 +22,13 @@ from services.runtime.app import Component, Runtime
 from services.runtime.http import async_client
 from services.runtime.tokens import TokenProvider
 
-# Services whose topics the dispatcher follows (each one's events may concern a partner).
-SOURCES: tuple[str, ...] = ("onboarding", "lifecycle", "gateway")
+# Services whose topics the dispatcher follows: those that emit an event type partners
+# may receive (onboarding, lifecycle). The gateway's topic carries client.*, token.* and
+# gateway.* events only, which never go out; following it cost a fetch over four more
+# partitions every 25 ms and the decoding of every traffic window, for nothing.
+SOURCES: tuple[str, ...] = tuple(
+    sorted({event.source for event in EVENT_TYPES.values() if is_webhook_deliverable(event.type)})
+)
 
 
 @dataclass
