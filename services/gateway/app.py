@@ -121,6 +121,7 @@ def _tier_subscription(runtime: Runtime, tiers: TierBook) -> Component | None:
             )
         },
         handler=tiers.handle,
+        batch_handler=tiers.handle_batch,
         engine=runtime.engine,
         bootstrap=settings.kafka_bootstrap,
         token_provider=token,

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.envelope import RecordedEvent
+from events.schema import insert_text
 from services.gateway.tables import partner_tiers
 
 TIER_EVENTS = ("partner.approved", "partner.activated")
@@ -39,23 +40,32 @@ class TierBook:
 
     async def handle(self, conn: AsyncConnection, event: RecordedEvent) -> None:
         """Subscription handler: keep the partner's tier from approval and activation."""
-        if event.type not in TIER_EVENTS:
+        await self.handle_batch(conn, [event])
+
+    async def handle_batch(self, conn: AsyncConnection, events: list[RecordedEvent]) -> None:
+        """Batch handler: the same, in one upsert for the whole batch (the last tier of each
+        partner wins, as it would event by event)."""
+        latest: dict[str, str] = {}
+        for event in events:
+            tier = event.data.get("tier") if event.type in TIER_EVENTS else None
+            if event.partner_id and isinstance(tier, str):
+                latest[event.partner_id] = tier
+        if not latest:
             return
-        partner_id = event.partner_id
-        tier = event.data.get("tier")
-        if not partner_id or not isinstance(tier, str):
-            return
-        await record_tier(conn, partner_id=partner_id, tier=tier, at=self._now())
-        self._tiers[partner_id] = tier
+        await record_tiers(conn, latest, at=self._now())
+        self._tiers.update(latest)
 
 
 async def record_tier(conn: AsyncConnection, *, partner_id: str, tier: str, at: datetime) -> None:
     """Insert or update one partner's tier."""
-    result = await conn.execute(_UPDATE_TIER, {"b_partner_id": partner_id, "tier": tier, "updated_at": at})
-    if result.rowcount == 0:
-        await conn.execute(_INSERT_TIER, {"partner_id": partner_id, "tier": tier, "updated_at": at})
+    await record_tiers(conn, {partner_id: tier}, at=at)
 
 
-# Built once (a statement built per call costs as much as running it).
-_UPDATE_TIER = update(partner_tiers).where(partner_tiers.c.partner_id == bindparam("b_partner_id"))
-_INSERT_TIER = insert(partner_tiers)
+async def record_tiers(conn: AsyncConnection, tiers: dict[str, str], *, at: datetime) -> None:
+    """Insert or update the tier of every partner in `tiers`, in one statement."""
+    statement = insert_text(partner_tiers, _COLUMNS, conn.dialect, _UPSERT)
+    await conn.execute(statement, [{"partner_id": p, "tier": tier, "updated_at": at} for p, tier in tiers.items()])
+
+
+_COLUMNS = ("partner_id", "tier", "updated_at")
+_UPSERT = "ON CONFLICT (partner_id) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at"
