@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 from sqlalchemy import select
 
-from events.catalog import DomainEvent, PartnerActivated, PartnerApproved, PartnerRejected
-from events.envelope import RecordedEvent
+from events.catalog import PartnerActivated, PartnerApproved, PartnerRejected
 from services.gateway.tables import partner_tiers
 from tests.gateway.support import InProcessGateway
-
-AT = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def recorded(event: DomainEvent, position: int) -> RecordedEvent:
-    data = event.payload()
-    return RecordedEvent(
-        position=position,
-        event_id=str(uuid.uuid4()),
-        source="onboarding",
-        stream_id=f"partner-{data['partner_id']}",
-        stream_version=position,
-        type=event.type,
-        schema_version=event.schema_version,
-        data=data,
-        partition_key=data["partner_id"],
-        occurred_at=AT,
-        recorded_at=AT,
-    )
-
+from tests.lifecycle.conftest import onboarding_event
 
 HISTORY = [
-    recorded(PartnerApproved(partner_id="ptn-a", tier="platform_integration", approvers=["ops"]), 1),
-    recorded(PartnerRejected(partner_id="ptn-b", reason="no"), 2),  # not a tier event
-    recorded(PartnerApproved(partner_id="ptn-c", tier="innovation", approvers=["ops"]), 3),
-    recorded(PartnerActivated(partner_id="ptn-a", tier="strategic"), 4),  # the later tier wins
+    onboarding_event(PartnerApproved(partner_id="ptn-a", tier="platform_integration", approvers=["ops"]), position=1),
+    onboarding_event(PartnerRejected(partner_id="ptn-b", reason="no"), position=2),  # not a tier event
+    onboarding_event(PartnerApproved(partner_id="ptn-c", tier="innovation", approvers=["ops"]), position=3),
+    onboarding_event(PartnerActivated(partner_id="ptn-a", tier="strategic"), position=4),  # the later tier wins
 ]
 
 

@@ -16,7 +16,13 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.catalog import PartnerActivated, PartnerAgreementSigned, SlaTerms
+from events.catalog import (
+    PartnerActivated,
+    PartnerAgreementSigned,
+    PartnerApproved,
+    PartnerRejected,
+    SlaTerms,
+)
 from events.envelope import EventMetadata, RecordedEvent
 from events.schema import events_table
 from events.store import EventStore
@@ -41,8 +47,11 @@ LOOPBACK = ["127.0.0.0/8", "::1/128"]
 JSON_PROBLEM = "application/problem+json"
 
 
-def onboarding_event(event: PartnerActivated | PartnerAgreementSigned, *, position: int, at: datetime = START) -> RecordedEvent:
-    """An onboarding event as the reactor receives it (the envelope the relay publishes)."""
+OnboardingEvent = PartnerActivated | PartnerAgreementSigned | PartnerApproved | PartnerRejected
+
+
+def onboarding_event(event: OnboardingEvent, *, position: int, at: datetime = START) -> RecordedEvent:
+    """An onboarding event as its consumers receive it (the envelope the relay publishes)."""
     return RecordedEvent(
         position=position,
         event_id=str(uuid.uuid4()),
