@@ -56,11 +56,6 @@ class TierBook:
         self._tiers.update(latest)
 
 
-async def record_tier(conn: AsyncConnection, *, partner_id: str, tier: str, at: datetime) -> None:
-    """Insert or update one partner's tier."""
-    await record_tiers(conn, {partner_id: tier}, at=at)
-
-
 async def record_tiers(conn: AsyncConnection, tiers: dict[str, str], *, at: datetime) -> None:
     """Insert or update the tier of every partner in `tiers`, in one statement."""
     statement = insert_text(partner_tiers, _COLUMNS, conn.dialect, _UPSERT)

@@ -13,7 +13,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
 from services.gateway.keys import rotate
-from services.gateway.tiers import record_tier
+from services.gateway.tiers import record_tiers
 from services.runtime.clock import ManualClock
 from tests.gateway.support import Upstream, gateway_settings, in_process_gateway
 from tests.support.databases import fresh_database
@@ -51,8 +51,8 @@ async def test_gateway_on_postgresql(tmp_path: Path, upstream: Upstream, pg_data
         assert (await gateway.http.post("/oauth/token", data=form)).status_code == 401
         # tiers, proxying, traffic
         async with gateway.ctx.runtime.engine.begin() as conn:
-            await record_tier(conn, partner_id="ptn-pg", tier="strategic", at=clock.now())
-            await record_tier(conn, partner_id="ptn-pg", tier="innovation", at=clock.now())
+            await record_tiers(conn, {"ptn-pg": "strategic"}, at=clock.now())
+            await record_tiers(conn, {"ptn-pg": "innovation"}, at=clock.now())
         await gateway.ctx.tiers.load()
         token = await gateway.token(partner)
         assert jwt.decode(token, gateway.ctx.keys.public_keyset).claims["tier"] == "innovation"

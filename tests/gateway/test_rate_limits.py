@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway.ratelimit import MemoryLimiter, Plan
-from services.gateway.tiers import record_tier
+from services.gateway.tiers import record_tiers
 from tests.gateway.support import InProcessGateway, Upstream, gateway_settings, in_process_gateway
 
 LIMITS = {
@@ -48,7 +48,7 @@ async def test_burst_beyond_the_bucket_is_429_with_retry_after(limited: InProces
 
 async def test_bucket_is_per_client_and_sized_by_the_learned_tier(limited: InProcessGateway) -> None:
     async with limited.ctx.runtime.engine.begin() as conn:
-        await record_tier(conn, partner_id="ptn-big", tier="strategic", at=limited.ctx.runtime.clock.now())
+        await record_tiers(conn, {"ptn-big": "strategic"}, at=limited.ctx.runtime.clock.now())
     await limited.ctx.tiers.load()
     big = await limited.client(partner_id="ptn-big", scopes=["kpis:read"])
     small = await limited.client(partner_id="ptn-small", scopes=["kpis:read"])

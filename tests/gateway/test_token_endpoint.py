@@ -11,7 +11,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
-from services.gateway.tiers import record_tier
+from services.gateway.tiers import record_tiers
 from tests.gateway.support import Credentials, InProcessGateway, Upstream
 
 FORM = {"grant_type": "client_credentials"}
@@ -224,7 +224,7 @@ async def test_rotated_secret_replaces_the_old_one(gateway: InProcessGateway) ->
 async def test_partner_tokens_carry_the_learned_tier(gateway: InProcessGateway) -> None:
     creds = await gateway.client(partner_id="ptn-tier", scopes=["kpis:read"])
     async with gateway.ctx.runtime.engine.begin() as conn:
-        await record_tier(conn, partner_id="ptn-tier", tier="strategic", at=gateway.ctx.runtime.clock.now())
+        await record_tiers(conn, {"ptn-tier": "strategic"}, at=gateway.ctx.runtime.clock.now())
     await gateway.ctx.tiers.load()
     claims = _claims(await gateway.token(creds), gateway)
     assert claims["tier"] == "strategic"
