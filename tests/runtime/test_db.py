@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,9 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-async def test_a_sqlite_statement_is_one_trip_to_the_connection_thread(tmp_path: Path, trips: list[str]) -> None:
+async def test_sqlite_reads_and_later_writes_run_inline_and_only_the_locking_write_and_commit_trip(
+    tmp_path: Path, trips: list[str]
+) -> None:
     # SQLAlchemy's stock adapter made four trips per SELECT (cursor, execute, fetchall,
     # close) and three per write; the pool's rollback after a read made one more.
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}")
@@ -155,20 +159,67 @@ async def test_a_sqlite_statement_is_one_trip_to_the_connection_thread(tmp_path:
 
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
-        assert trips == ["_run_statement"]  # no rollback of a transaction that never began
+        assert trips == []  # a read runs inline, and no transaction began, so none is rolled back
 
         trips.clear()
         async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            await conn.execute(text("INSERT INTO t VALUES (1)"))  # takes the write lock: may wait
+            await conn.execute(text("INSERT INTO t VALUES (:n)"), [{"n": 2}, {"n": 3}])
+            await conn.execute(text("UPDATE t SET n = n + 10 WHERE n > 1"))
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 3
         assert trips == ["_run_statement", "commit"]
 
         trips.clear()
         async with engine.connect() as conn:
             await conn.execute(text("INSERT INTO t VALUES (2)"))
+            await conn.execute(text("INSERT INTO t VALUES (4)"))
         assert trips == ["_run_statement", "rollback"]  # an open write transaction still rolls back
+
+        trips.clear()
+        async with engine.begin() as conn:  # after a rollback, the next write takes the lock again
+            await conn.execute(text("INSERT INTO t VALUES (5)"))
+        assert trips == ["_run_statement", "commit"]
         async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1]
+            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1, 5, 12, 13]
     finally:
+        await engine.dispose()
+
+
+async def test_a_sqlite_write_waiting_for_another_process_lock_leaves_the_event_loop_running(
+    tmp_path: Path,
+) -> None:
+    # Another process (the CLI, a rebuild) holding the write lock makes our first write
+    # sleep in SQLite's busy handler. That sleep must happen on aiosqlite's thread: the
+    # service keeps reading and answering meanwhile.
+    path = tmp_path / "other.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await _table(engine)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t VALUES (1)")
+
+        async def write() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+
+        writer = asyncio.create_task(write())
+        reads = 0
+        deadline = asyncio.get_running_loop().time() + 0.5
+        while asyncio.get_running_loop().time() < deadline:
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            reads += 1
+            await asyncio.sleep(0.01)
+        assert not writer.done()  # still waiting for the other process
+        assert reads >= 10  # ~40 at a 10 ms pace; a blocked loop would manage one at most
+        threading.Timer(0.05, other.commit).start()
+        await asyncio.wait_for(writer, 10)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1, 2]
+    finally:
+        other.close()
         await engine.dispose()
 
 
