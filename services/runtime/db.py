@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -34,8 +36,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     default pool kept five: past five concurrent requests every connection was opened
     (a thread, the file, four pragmas) and closed again per request.
 
-    SQLite statements run through `OneTripAiosqlite`: one trip to aiosqlite's thread
-    per statement instead of three or four.
+    SQLite statements run through `InlineAiosqlite`: on the event loop's thread, and on
+    aiosqlite's only when they must wait for a lock another connection holds.
 
     JSON columns (event payloads, envelopes, stored responses) are encoded and decoded
     with orjson, several times faster than the standard library on every append and read.
@@ -50,7 +52,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         )
         engine = create_async_engine(
             url,
-            module=OneTripAiosqlite(aiosqlite, sqlite3),
+            module=InlineAiosqlite(aiosqlite, sqlite3),
             connect_args={"timeout": SQLITE_LOCK_TIMEOUT, "check_same_thread": False},
             **pooling,
             **json_options,
@@ -65,6 +67,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 def _in_memory(url: str) -> bool:
     return ":memory:" in url
 
+
+T = TypeVar("T")
 
 SQLITE_LOCK_TIMEOUT = 30.0
 """Seconds a SQLite writer waits for its turn before 'database is locked'."""
@@ -142,7 +146,7 @@ class WriteTurns:
 
 
 def _run_statement(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple[Any, ...]:
-    """Run one statement start to finish on aiosqlite's thread: (description, rows, rowcount, lastrowid)."""
+    """Run one statement start to finish: (description, rows, rowcount, lastrowid)."""
     cursor = conn.cursor()
     try:
         if many:
@@ -158,27 +162,44 @@ def _run_statement(conn: sqlite3.Connection, operation: str, parameters: Any, ma
         cursor.close()
 
 
-class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
-    """SQLAlchemy's aiosqlite cursor: a statement runs on the event loop's thread when it
-    cannot wait for a lock, otherwise as one call on aiosqlite's thread.
+async def _inline(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple[Any, ...]:
+    return _run_statement(conn, operation, parameters, many)
+
+
+def _waiting(call: Callable[[], T], conn: sqlite3.Connection) -> T:
+    """`call()` on aiosqlite's thread, with SQLite's busy handler waiting up to the lock timeout."""
+    conn.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
+    try:
+        return call()
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: a lock held by another connection (SQLITE_BUSY_SNAPSHOT is not retried:
+    a read transaction that fell behind a writer fails however long it waits)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
+class _InlineCursor(AsyncAdapt_aiosqlite_cursor):
+    """SQLAlchemy's aiosqlite cursor, running each statement on the event loop's thread.
 
     The stock adapter awaits aiosqlite four times per SELECT (open a cursor, execute,
     fetch all, close) and three times per write. Each await is a round trip to the
     connection's thread: a queue put, a thread wake-up, then a wake-up of the event loop
-    through its self-pipe. Those trips, not SQLite, are most of a statement's cost: a
-    primary-key SELECT takes ~4 µs in SQLite, ~47 µs through SQLAlchemy on the loop's
-    thread, ~137 µs in one trip and ~240 µs in the stock four.
+    through its self-pipe, ~65 µs of CPU on this project's machines. SQLite answers a
+    primary-key SELECT in ~4 µs: those trips, not SQLite, were most of a statement's
+    cost (~240 µs in four trips, ~137 in one, ~47 inline, through SQLAlchemy).
 
     aiosqlite's thread exists so that a statement that blocks does not block the event
-    loop. On a local file, only one kind blocks for long: the write that takes SQLite's
-    write lock, which may sleep in the busy handler while another process (the CLI, a
-    rebuild) holds it. So that write, and whatever is not a plain SELECT (BEGIN, DDL,
-    PRAGMA), still make the trip; so do commit and rollback, since a commit may run a WAL
-    checkpoint (file copies and fsyncs). Plain SELECTs (WAL readers take no lock) and the
-    later writes of a transaction whose write lock is already held run inline. SQLite
-    serialises calls on a connection, and SQLAlchemy makes one call at a time on it, so
-    the two threads never use it at once. Server-side cursors (`stream()`) keep the stock
-    behaviour.
+    loop. On a local file a statement blocks for long only in SQLite's busy handler,
+    waiting for a lock another connection holds (the CLI, a rebuild; this process's own
+    writers take turns in `WriteTurns` first). So the connections run with a busy timeout
+    of 0: a statement runs inline, and only when it finds a lock taken (SQLITE_BUSY, the
+    statement did nothing) is it run again on aiosqlite's thread, where the busy handler
+    may wait up to the lock timeout. SQLite serialises calls on a connection, and
+    SQLAlchemy makes one call at a time on it, so the two threads never use it at once.
+    Server-side cursors (`stream()`) keep the stock behaviour.
     """
 
     __slots__ = ()
@@ -190,102 +211,83 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._run(operation, seq_of_parameters, many=True)
 
     def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
-        adapted: _OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         connection = self._connection
         sqlite = connection._connection  # None once closed: the trip raises as it should
-        if sqlite is not None and (_is_read(operation) or adapted._holds_write_lock()):
-            # SQLAlchemy's async engine insists that each statement awaits something:
-            # a coroutine that finishes at once costs two greenlet switches, no loop turn.
-            outcome = self.await_(_inline(sqlite, operation, parameters, many))
-        else:
+        outcome: tuple[Any, ...] | None = None
+        if sqlite is not None:
+            try:
+                # SQLAlchemy's async engine insists that each statement awaits something:
+                # a coroutine that finishes at once costs two greenlet switches, no loop turn.
+                outcome = self.await_(_inline(sqlite, operation, parameters, many))
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+        if outcome is None:
             try:
                 # aiosqlite's queue of calls for its thread, as SQLAlchemy's adapter uses it
                 # to set the isolation level.
-                trip = connection._execute(_run_statement, connection._conn, operation, parameters, many)
-                outcome = self.await_(trip)
+                run = functools.partial(_run_statement, connection._conn, operation, parameters, many)
+                outcome = self.await_(connection._execute(_waiting, run, connection._conn))
             except ValueError as error:  # "no active connection": the adapter's OperationalError
                 self._adapt_connection._handle_exception(error)
-            if operation.lstrip()[:7].upper().startswith(_WRITES):
-                adapted._writing = True
         self.description, rows, self.rowcount, self.lastrowid = outcome
         if rows is not None:
             self._rows = deque(rows)
 
 
-def _is_read(operation: str) -> bool:
-    return operation.lstrip()[:6].upper() == "SELECT"
-
-
-async def _inline(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple[Any, ...]:
-    return _run_statement(conn, operation, parameters, many)
-
-
-class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    """Cursors that make one trip or none; no trip at all to end a transaction that never began.
+class _InlineConnection(AsyncAdapt_aiosqlite_connection):
+    """Inline cursors; commit and rollback inline too, and only for a transaction that began.
 
     The pool rolls back every connection it takes back, and most checkouts only read:
     pysqlite opens a transaction at the first write, so there is nothing to roll back
-    or commit and the trip would only wake the thread. `in_transaction` is read on the
-    event loop's thread (hence `check_same_thread=False`) while the connection's own
-    thread has no call of ours in hand: the adapter runs one call at a time.
-
-    `_writing` says that a write of the open transaction went through, so the
-    transaction holds SQLite's write lock and later writes cannot wait for it.
+    or commit. A commit may run a WAL checkpoint (SQLite's default, every 1,000 pages),
+    which copies pages and syncs the database file on the event loop's thread: ~1 ms
+    here, the price of a disk's fsync elsewhere, about once a second under full load.
     """
 
-    __slots__ = ("_writing",)
-
-    def __init__(self, dbapi: Any, connection: Any) -> None:
-        super().__init__(dbapi, connection)
-        self._writing = False
+    __slots__ = ()
 
     def cursor(self, server_side: bool = False) -> AsyncAdapt_aiosqlite_cursor:
-        return AsyncAdapt_aiosqlite_ss_cursor(self) if server_side else _OneTripCursor(self)
+        return AsyncAdapt_aiosqlite_ss_cursor(self) if server_side else _InlineCursor(self)
 
     def commit(self) -> None:
-        self._writing = False
-        if self._in_transaction():
-            super().commit()
+        self._end("commit")
 
     def rollback(self) -> None:
-        self._writing = False
-        if self._in_transaction():
-            super().rollback()
+        self._end("rollback")
 
-    def close(self) -> None:
-        self._writing = False
-        super().close()
-
-    def _holds_write_lock(self) -> bool:
-        if not self._writing:
-            return False
-        if self._in_transaction():
-            return True
-        self._writing = False  # SQLite ended the transaction on its own (an error rolled it back)
-        return False
-
-    def _in_transaction(self) -> bool:
+    def _end(self, how: str) -> None:
         try:
-            return bool(self._connection._conn.in_transaction)
-        except (ValueError, sqlite3.ProgrammingError):  # closed: let the trip raise as it did
-            return True
+            sqlite = self._connection._conn
+            if sqlite.in_transaction:
+                end = getattr(sqlite, how)
+                try:
+                    end()
+                except sqlite3.OperationalError as error:
+                    if not _is_busy(error):
+                        raise
+                    self.await_(self._connection._execute(_waiting, end, sqlite))
+        except Exception as error:  # noqa: BLE001 - as the stock adapter: "no active connection" becomes OperationalError
+            self._handle_exception(error)
 
 
-class OneTripAiosqlite(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DBAPI SQLAlchemy uses, with `_OneTripCursor` for every statement."""
+class InlineAiosqlite(AsyncAdapt_aiosqlite_dbapi):
+    """The aiosqlite DBAPI SQLAlchemy uses, with `_InlineConnection`s."""
 
     def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
         adapted = super().connect(*arg, **kw)
-        return _OneTripConnection(self, adapted._connection)
+        return _InlineConnection(self, adapted._connection)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        # Statements run on the event loop's thread and must not wait for a lock there:
+        # one that finds a lock taken runs again on aiosqlite's thread (`_InlineCursor`).
+        cursor.execute("PRAGMA busy_timeout=0")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -145,11 +145,12 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-async def test_sqlite_reads_and_later_writes_run_inline_and_only_the_locking_write_and_commit_trip(
+async def test_sqlite_statements_run_on_the_event_loop_thread_without_a_trip(
     tmp_path: Path, trips: list[str]
 ) -> None:
-    # SQLAlchemy's stock adapter made four trips per SELECT (cursor, execute, fetchall,
-    # close) and three per write; the pool's rollback after a read made one more.
+    # SQLAlchemy's stock adapter made four trips to aiosqlite's thread per SELECT
+    # (cursor, execute, fetchall, close) and three per write; the pool's rollback after
+    # a read made one more. With no other connection holding a lock, none is made.
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}")
     try:
         await _table(engine)
@@ -159,35 +160,22 @@ async def test_sqlite_reads_and_later_writes_run_inline_and_only_the_locking_wri
 
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
-        assert trips == []  # a read runs inline, and no transaction began, so none is rolled back
-
-        trips.clear()
         async with engine.begin() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
-            await conn.execute(text("INSERT INTO t VALUES (1)"))  # takes the write lock: may wait
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
             await conn.execute(text("INSERT INTO t VALUES (:n)"), [{"n": 2}, {"n": 3}])
             await conn.execute(text("UPDATE t SET n = n + 10 WHERE n > 1"))
-            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 3
-        assert trips == ["_run_statement", "commit"]
-
-        trips.clear()
         async with engine.connect() as conn:
-            await conn.execute(text("INSERT INTO t VALUES (2)"))
-            await conn.execute(text("INSERT INTO t VALUES (4)"))
-        assert trips == ["_run_statement", "rollback"]  # an open write transaction still rolls back
-
-        trips.clear()
-        async with engine.begin() as conn:  # after a rollback, the next write takes the lock again
-            await conn.execute(text("INSERT INTO t VALUES (5)"))
-        assert trips == ["_run_statement", "commit"]
+            await conn.execute(text("INSERT INTO t VALUES (4)"))  # rolled back when the block ends
+        assert trips == []
         async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1, 5, 12, 13]
+            assert (await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars().all() == [1, 12, 13]
     finally:
         await engine.dispose()
 
 
 async def test_a_sqlite_write_waiting_for_another_process_lock_leaves_the_event_loop_running(
-    tmp_path: Path,
+    tmp_path: Path, trips: list[str]
 ) -> None:
     # Another process (the CLI, a rebuild) holding the write lock makes our first write
     # sleep in SQLite's busy handler. That sleep must happen on aiosqlite's thread: the
@@ -214,6 +202,9 @@ async def test_a_sqlite_write_waiting_for_another_process_lock_leaves_the_event_
             await asyncio.sleep(0.01)
         assert not writer.done()  # still waiting for the other process
         assert reads >= 10  # ~40 at a 10 ms pace; a blocked loop would manage one at most
+        # The write found the lock taken and went to wait on the thread; the reads stayed
+        # inline (the trips besides are new pooled connections being opened).
+        assert [trip for trip in trips if trip in ("_waiting", "_run_statement")] == ["_waiting"]
         threading.Timer(0.05, other.commit).start()
         await asyncio.wait_for(writer, 10)
         async with engine.connect() as conn:
@@ -223,7 +214,31 @@ async def test_a_sqlite_write_waiting_for_another_process_lock_leaves_the_event_
         await engine.dispose()
 
 
-async def test_one_trip_statements_report_rows_counts_and_errors_as_before(tmp_path: Path) -> None:
+async def test_a_sqlite_write_waiting_past_the_lock_timeout_for_another_process_gets_database_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_LOCK_TIMEOUT", 0.2)
+    path = tmp_path / "other.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await _table(engine)
+        other.execute("BEGIN IMMEDIATE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+        assert asyncio.get_running_loop().time() - started >= 0.2  # waited out the timeout, not 0
+        other.execute("ROLLBACK")
+        async with engine.begin() as conn:  # the connection is usable, with its inline timeout back at 0
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 0
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_inline_statements_report_rows_counts_and_errors_as_before(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'results.db'}")
     try:
         await _table(engine)
