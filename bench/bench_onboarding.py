@@ -9,6 +9,10 @@ SQLite by default, PostgreSQL with --postgres).
     python -m bench.bench_onboarding --through direct # onboarding alone (no gateway)
     python -m bench.bench_onboarding --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
+Through the gateway, the measurement starts once every consumer (lifecycle, metrics)
+has caught up with a first 40 journeys: the platform's steady state, consumers' work
+included.
+
 Writes bench/results/onboarding.json in bench/run.py's format. Server CPU per journey is
 reported beside throughput: on a shared machine it is the steadier figure.
 """
@@ -155,6 +159,29 @@ async def drive(
             "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
         },
     }
+
+
+async def settle(base: str, token: str, *, journeys: int = 40, timeout: float = 60.0) -> float:
+    """Run `journeys` and wait until every consumer of the platform has applied them.
+
+    The services answer /readyz before their Kafka consumers have joined their groups
+    (a join takes a few seconds); until then a measurement would leave the consumers'
+    work out of it. Returns the seconds the consumers took to catch up.
+    """
+    await drive(base, token, journeys=journeys, concurrency=min(journeys, 32), warmup=0, server_pids=[])
+    started = time.monotonic()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        for service in ("lifecycle", "metrics"):
+            while True:
+                async with session.get(f"{base}/admin/services/{service}/consumers") as response:
+                    doc = await response.json()
+                lags = [source.get("lag") for consumer in doc["consumers"] for source in consumer["sources"]]
+                if lags and all(lag == 0 for lag in lags):
+                    break
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"{service}'s consumers did not catch up: lags {lags}")
+                await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -308,6 +335,7 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict
                     _print(backend, "direct", direct)
                     continue
                 async with whole_platform(Path(tmp), database_url) as (gateway, onboarding, token, pids):
+                    await settle(gateway, token)
                     via_gateway = await drive(
                         gateway, token, **load, server_pids=[pids["gateway"], pids["onboarding"]], platform_pids=pids
                     )
