@@ -141,6 +141,23 @@ class _Item:
     producer_traceparent: str | None = None
     topic: str | None = None
 
+    @property
+    def position(self) -> int:
+        return self.event.position
+
+
+@dataclass(slots=True)
+class _Passed:
+    """A record of a type the handler does not take: only its place in the log counts,
+    so it is not decoded (the alliance reactor takes 2 of onboarding's 8 types)."""
+
+    source: str
+    partition: int
+    position: int
+
+
+_Entry = _Item | _Passed
+
 
 class _Stopped(Exception):
     """`stop()` was called while an event was being retried."""
@@ -548,7 +565,7 @@ class Subscription:
 
     async def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
         working = {s: dict(cps) for s, cps in self._checkpoints.items()}
-        pending: list[_Item] = []
+        pending: list[_Entry] = []
         seen: dict[str, list[int]] = {}
         for tp, records in batch.items():
             source = self._source_of_topic.get(tp.topic)
@@ -583,6 +600,15 @@ class Subscription:
                     working = {s: dict(cps) for s, cps in self._checkpoints.items()}
                     if position <= working[source].get(partition, 0):
                         continue
+                type_ = headers.get("ce_type")
+                if self.event_types is not None and type_ is not None and type_.decode() not in self.event_types:
+                    pending.append(_Passed(source, partition, position))
+                    working[source][partition] = position
+                    if len(pending) >= self.batch_size:
+                        await self._apply(pending)
+                        self._mark_seen(seen)
+                        pending, seen = [], {}
+                    continue
                 try:
                     event = RecordedEvent.from_kafka(key=record.key, value=record.value, headers=record.headers)
                 except Exception as exc:  # noqa: BLE001 - a malformed record must not stop the partition
@@ -671,7 +697,7 @@ class Subscription:
 
     # --- applying -----------------------------------------------------------------------
 
-    async def _apply(self, items: Sequence[_Item]) -> None:
+    async def _apply(self, items: Sequence[_Entry]) -> None:
         """Apply `items` in transactions of a batch each; a failing event is retried alone and parked."""
         batched = self.batch_handler is not None
         start = 0
@@ -686,10 +712,12 @@ class Subscription:
                 bad = start + failed.index
                 if bad > start:
                     await self._apply(items[start:bad])
-                await self._retry_or_park(items[bad], failed.error)
+                culprit = items[bad]
+                assert isinstance(culprit, _Item)  # only a handled event can fail
+                await self._retry_or_park(culprit, failed.error)
                 start = bad + 1
 
-    async def _apply_batch(self, items: Sequence[_Item], *, batched: bool = False) -> None:
+    async def _apply_batch(self, items: Sequence[_Entry], *, batched: bool = False) -> None:
         if not items:
             return
         sources = sorted({item.source for item in items})
@@ -700,12 +728,12 @@ class Subscription:
             fresh = 0
             for index, item in enumerate(items):
                 key = (item.source, item.partition)
-                if item.event.position <= current.get(key, 0):
+                if item.position <= current.get(key, 0):
                     continue  # applied before: a duplicate
                 fresh += 1
-                current[key] = item.event.position
-                changed[key] = item.event.position
-                if self.event_types is None or item.event.type in self.event_types:
+                current[key] = item.position
+                changed[key] = item.position
+                if isinstance(item, _Item) and (self.event_types is None or item.event.type in self.event_types):
                     due.append((index, item))
             if batched and len(due) > 1:
                 try:
@@ -873,13 +901,13 @@ class Subscription:
         self,
         changed: Mapping[tuple[str, int], int],
         current: dict[tuple[str, int], int],
-        items: Sequence[_Item],
+        items: Sequence[_Entry],
     ) -> list[dict[str, Any]]:
         rows = {key: position for key, position in changed.items()}
         # Raise quiet partitions to the source's watermark: every event up to it is
         # handled, so none of theirs is pending (keeps lag and catch-up short).
         for source in {item.source for item in items}:
-            low = self._watermarks[source].preview(i.event.position for i in items if i.source == source)
+            low = self._watermarks[source].preview(i.position for i in items if i.source == source)
             for partition in range(self.sources[source].partitions):
                 key = (source, partition)
                 if current.get(key, 0) < low:
@@ -890,13 +918,13 @@ class Subscription:
             for (source, partition), position in rows.items()
         ]
 
-    def _committed(self, current: Mapping[tuple[str, int], int], items: Sequence[_Item], *, applied: int) -> None:
+    def _committed(self, current: Mapping[tuple[str, int], int], items: Sequence[_Entry], *, applied: int) -> None:
         for (source, partition), position in current.items():
             cps = self._checkpoints.setdefault(source, {})
             cps[partition] = max(cps.get(partition, 0), position)
         by_source: dict[str, list[int]] = {}
         for item in items:
-            by_source.setdefault(item.source, []).append(item.event.position)
+            by_source.setdefault(item.source, []).append(item.position)
         for source, positions in by_source.items():
             self._watermarks[source].add(positions)
         self.applied += applied

@@ -278,6 +278,45 @@ async def test_redelivering_a_whole_partition_changes_nothing(
     assert await counts(consumer) == {**expected, "p0": expected["p0"] + 1}
 
 
+async def test_events_of_other_types_move_the_checkpoints_without_being_decoded(
+    broker: EmbeddedBroker, topic: str, sqlite_store: EventStore, sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    from_kafka = RecordedEvent.from_kafka.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[RecordedEvent], **record: Any) -> RecordedEvent:
+        event: RecordedEvent = from_kafka(cls, **record)
+        decoded.append(event.type)
+        return event
+
+    monkeypatch.setattr(RecordedEvent, "from_kafka", classmethod(counting))
+    consumer = await consumer_db(sqlite)
+    partners = [f"p{i}" for i in range(12)]
+    async with (
+        relaying(sqlite_store, broker.bootstrap, topic),
+        subscribed(sqlite_store, consumer, broker.bootstrap, topic, event_types={"partner.applied"}) as subscription,
+    ):
+        await subscription.wait_caught_up(10)
+        catchups = subscription.catchups
+        await append_many(sqlite_store, partners, per_partner=4)  # one partner.applied, three diligence each
+        head = await sqlite_store.head_position()
+
+        async def caught_up() -> bool:
+            return await subscription.lag({"onboarding": head}) == {"onboarding": 0}
+
+        await wait_until(caught_up, message="every event, handled or not, checkpointed")
+        assert await counts(consumer) == dict.fromkeys(partners, 1)
+        assert decoded == ["partner.applied"] * len(partners)  # the 36 others were passed by type
+        # The checkpoints passed every event, handled or not (each partition stands at the
+        # head, every event up to it being applied), and no catch-up from the log was needed.
+        assert (await subscription.positions())["onboarding"] == dict.fromkeys(range(PARTITIONS), head)
+        assert subscription.catchups == catchups
+
+    async with subscribed(sqlite_store, consumer, broker.bootstrap, topic, event_types={"partner.applied"}) as again:
+        await again.wait_caught_up(10)  # a restart reads the log from the checkpoints: nothing is applied twice
+    assert await counts(consumer) == dict.fromkeys(partners, 1)
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["per-event", "batch-handler"])
 async def test_a_poison_event_is_parked_while_other_partners_keep_flowing(
     broker: EmbeddedBroker, topic: str, sqlite_store: EventStore, consumer: AsyncEngine, batched: bool
