@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from bench.loadgen import Connection  # noqa: E402
 from tests.support.databases import fresh_database  # noqa: E402
 from tests.support.platform import free_port  # noqa: E402
 from tests.support.tokens import OPS_SCOPES, TestIssuer  # noqa: E402
@@ -61,14 +63,13 @@ class Failed(RuntimeError):
     pass
 
 
-async def journey(session: aiohttp.ClientSession, base: str, n: int, latencies: list[float]) -> None:
+async def journey(http: Connection, n: int, latencies: list[float]) -> None:
     async def post(path: str, body: dict[str, Any] | None, expect: int = 200) -> dict[str, Any]:
         started = time.perf_counter()
-        async with session.post(base + path, json=body) as response:
-            text = await response.text()
-            if response.status != expect:
-                raise Failed(f"POST {path}: {response.status} {text[:500]}")
-            doc: dict[str, Any] = json.loads(text)
+        status, text = await http.request("POST", path, orjson.dumps(body) if body is not None else None)
+        if status != expect:
+            raise Failed(f"POST {path}: {status} {text[:500]!r}")
+        doc: dict[str, Any] = orjson.loads(text)
         latencies.append(time.perf_counter() - started)
         return doc
 
@@ -115,30 +116,31 @@ async def drive(
     """Run `journeys` complete journeys with `concurrency` in flight; throughput, latency, server CPU
     (and, given `platform_pids`, the CPU of each of those processes per journey)."""
     platform_pids = platform_pids or {}
-    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        await asyncio.gather(*(journey(session, base, -i - 1, []) for i in range(warmup)))
+    connections = [Connection(base, headers) for _ in range(concurrency)]
+    try:
         latencies: list[float] = []
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for n in range(journeys):
-            queue.put_nowait(n)
 
-        async def worker() -> None:
-            while True:
-                try:
-                    n = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await journey(session, base, n, latencies)
+        async def run(numbers: list[int], record: list[float]) -> None:
+            async def worker(http: Connection) -> None:
+                while numbers:
+                    await journey(http, numbers.pop(), record)
 
+            await asyncio.gather(*(worker(http) for http in connections))
+
+        await run([-i - 1 for i in range(warmup)], [])
         cpu_before = cpu_seconds(server_pids)
         each_before = {name: cpu_seconds([pid]) for name, pid in platform_pids.items()}
+        client_before = time.process_time()
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await run(list(range(journeys))[::-1], latencies)
         elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - client_before
         server_cpu = cpu_seconds(server_pids) - cpu_before
         each = {name: (cpu_seconds([pid]) - each_before[name]) * 1000 / journeys for name, pid in platform_pids.items()}
+    finally:
+        for http in connections:
+            http.close()
     latencies.sort()
     platform = {name: round(ms, 2) for name, ms in each.items()}
     if platform:
@@ -152,6 +154,8 @@ async def drive(
         # CPU the serving processes spent per journey: robust on a shared machine, and
         # 1000 / this is the journeys/s one free core would sustain.
         "server_cpu_ms_per_journey": round(server_cpu * 1000 / journeys, 2),
+        # The load generator's own CPU (this process), on the same two cores.
+        "client_cpu_ms_per_journey": round(client_cpu * 1000 / journeys, 2),
         # Every process of the platform (consumers and broker included), when measured.
         **({"platform_cpu_ms_per_journey": platform} if platform else {}),
         "command_latency_ms": {
