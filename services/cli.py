@@ -32,22 +32,13 @@ def serve(
     port: int | None = typer.Option(None, help="port (default: the service's own)"),
 ) -> None:
     """Run one service with uvicorn."""
-    import uvicorn
-
+    from services.runtime.server import serve as run
     from services.runtime.settings import Settings
 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     settings = Settings()
-    uvicorn.run(
-        f"services.{service}.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port_of(service),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    run(f"services.{service}.app:create_app", host=host or settings.host, port=port or settings.port_of(service))
 
 
 def main() -> None:
