@@ -601,23 +601,18 @@ class Subscription:
                     if position <= working[source].get(partition, 0):
                         continue
                 type_ = headers.get("ce_type")
+                entry: _Entry
                 if self.event_types is not None and type_ is not None and type_.decode() not in self.event_types:
-                    pending.append(_Passed(source, partition, position))
-                    working[source][partition] = position
-                    if len(pending) >= self.batch_size:
-                        await self._apply(pending)
-                        self._mark_seen(seen)
-                        pending, seen = [], {}
-                    continue
-                try:
-                    event = RecordedEvent.from_kafka(key=record.key, value=record.value, headers=record.headers)
-                except Exception as exc:  # noqa: BLE001 - a malformed record must not stop the partition
-                    log.error("subscription %s: cannot parse %s@%d: %r", self.name, tp, record.offset, exc)
-                    continue
-                traceparent = headers.get(TRACEPARENT_HEADER)
-                pending.append(
-                    _Item(source, partition, event, traceparent.decode() if traceparent else None, tp.topic)
-                )
+                    entry = _Passed(source, partition, position)
+                else:
+                    try:
+                        event = RecordedEvent.from_kafka(key=record.key, value=record.value, headers=record.headers)
+                    except Exception as exc:  # noqa: BLE001 - a malformed record must not stop the partition
+                        log.error("subscription %s: cannot parse %s@%d: %r", self.name, tp, record.offset, exc)
+                        continue
+                    traceparent = headers.get(TRACEPARENT_HEADER)
+                    entry = _Item(source, partition, event, traceparent.decode() if traceparent else None, tp.topic)
+                pending.append(entry)
                 working[source][partition] = position
                 if len(pending) >= self.batch_size:
                     await self._apply(pending)
